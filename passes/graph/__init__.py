@@ -1,0 +1,28 @@
+"""Relax graph passes: recognize compressed structure and rewrite to squeezer's operators.
+
+``inference_passes()`` is the ordered list the compiler's ``graph`` stage runs. Later issues add
+their passes (sparse weights to BSR/CSR operators, QDQ folding, bit-packed weights) here, one
+import line each.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+
+def inference_passes() -> list[tvm.transform.Pass]:
+    """Graph passes for inference, in order.
+
+    Batch norm is folded into the preceding convolution's weights where the pattern allows it
+    (conv2d directly followed by batch_norm, constant statistics); what remains is decomposed
+    into elementwise arithmetic, which ``FuseOps`` then fuses into the producer's epilogue.
+    """
+    return [
+        relax.transform.FoldConstant(),
+        relax.transform.FoldBatchnormToConv2D(),
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
+    ]

@@ -1,0 +1,126 @@
+"""The compile pipeline: a flat list of named stages from Relax to an executable.
+
+``import`` (done by the frontend) -> ``graph`` -> ``legalize`` -> ``schedule`` -> ``build``.
+Each stage maps an IRModule to an IRModule, except ``build``, whose lowered module is dumped
+before it becomes an ``Executable``. ``--dump-ir DIR`` writes the module after each stage as
+``NN-stage.py`` (TVMScript). The tuner (a later issue) reuses these stages and swaps the
+``schedule`` stage's default schedules for tuned records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+StageFn = Callable[[tvm.IRModule, tvm.target.Target], tvm.IRModule]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One named step of the pipeline."""
+
+    name: str
+    run: StageFn
+
+
+def graph_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    from squeezer.passes.graph import inference_passes
+
+    with target:
+        return tvm.transform.Sequential(inference_passes())(mod)
+
+
+def legalize_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    seq = tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ]
+    )
+    with target:
+        return seq(mod)
+
+
+def schedule_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    from squeezer.schedules import default_schedule_pass
+
+    with target:
+        return default_schedule_pass(target)(mod)
+
+
+def lower_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+
+    with target:
+        seq = tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
+        return seq(mod)
+
+
+def default_stages() -> list[Stage]:
+    """The CPU pipeline after import."""
+    return [
+        Stage("graph", graph_stage),
+        Stage("legalize", legalize_stage),
+        Stage("schedule", schedule_stage),
+        Stage("build", lower_stage),
+    ]
+
+
+@dataclass
+class PipelineResult:
+    executable: tvm.runtime.Executable
+    module: tvm.IRModule  # the lowered module the executable was built from
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_pipeline(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    *,
+    stages: list[Stage] | None = None,
+    dump_ir: str | Path | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Run ``stages`` over ``mod`` (already imported) and build the executable.
+
+    Parameters
+    ----------
+    dump_ir : path, optional
+        Directory receiving ``00-import.py``, ``01-graph.py``, ... (TVMScript).
+    on_stage : callable, optional
+        Called with each stage name before it runs (progress display).
+    """
+    stages = default_stages() if stages is None else stages
+    dump_dir = Path(dump_ir) if dump_ir else None
+    if dump_dir:
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        _dump(dump_dir / "00-import.py", mod)
+    timings: dict[str, float] = {}
+    for i, stage in enumerate(stages, start=1):
+        if on_stage:
+            on_stage(stage.name)
+        t0 = time.perf_counter()
+        mod = stage.run(mod, target)
+        timings[stage.name] = time.perf_counter() - t0
+        if dump_dir:
+            _dump(dump_dir / f"{i:02d}-{stage.name}.py", mod)
+    if on_stage:
+        on_stage("codegen")
+    t0 = time.perf_counter()
+    # The stages above already lowered the Relax side: codegen only, no second pipeline.
+    exe = tvm.compile(mod, target, relax_pipeline=None)
+    timings["codegen"] = time.perf_counter() - t0
+    return PipelineResult(exe, mod, timings)
+
+
+def _dump(path: Path, mod: tvm.IRModule) -> None:
+    path.write_text(mod.script(show_meta=False))

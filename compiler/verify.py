@@ -1,0 +1,79 @@
+"""Verification: the compiled module against the reference (torch eager or onnxruntime)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from squeezer.errors import VerificationError
+from squeezer.frontend.common import TensorSpec
+
+RTOL = 1e-3  # relative to the largest reference magnitude of each output
+ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    name: str
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> list[np.ndarray]:
+    """Inputs for verification when the user gave none: normal floats, small integers."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for s in specs:
+        if np.issubdtype(np.dtype(s.dtype), np.floating):
+            arrays.append(rng.standard_normal(s.shape).astype(s.dtype))
+        elif s.dtype == "bool":
+            arrays.append(rng.integers(0, 2, s.shape).astype(bool))
+        else:
+            arrays.append(rng.integers(0, 10, s.shape).astype(s.dtype))
+    return arrays
+
+
+def compare(name: str, got: np.ndarray, want: np.ndarray) -> OutputCheck:
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        return OutputCheck(name, float("inf"), float("inf"), False)
+    if np.issubdtype(want.dtype, np.floating):
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        max_rel = max_abs / scale if scale > 0 else max_abs
+        ok = bool(np.isfinite(got).all() == np.isfinite(want).all()) and (
+            max_abs <= ATOL + RTOL * scale
+        )
+    else:
+        max_abs = float(np.abs(got.astype(np.int64) - want.astype(np.int64)).max(initial=0))
+        max_rel, ok = max_abs, max_abs == 0
+    return OutputCheck(name, max_abs, max_rel, ok)
+
+
+def verify(
+    run: Callable[..., object],
+    reference: Callable[[Sequence[np.ndarray]], list[np.ndarray]],
+    outputs: Sequence[TensorSpec],
+    inputs: Sequence[np.ndarray],
+) -> list[OutputCheck]:
+    """Run both on ``inputs``; raise :class:`VerificationError` naming the first bad output."""
+    got = run(*inputs)
+    got = list(got) if isinstance(got, tuple) else [got]
+    want = reference(inputs)
+    if len(got) != len(want):
+        raise VerificationError(
+            f"compiled module returns {len(got)} output(s), the reference {len(want)}"
+        )
+    checks = [compare(spec.name, g, w) for spec, g, w in zip(outputs, got, want, strict=True)]
+    for c in checks:
+        if not c.ok:
+            raise VerificationError(
+                f"output {c.name!r} differs from the reference: max abs error {c.max_abs:.3g}, "
+                f"max rel error {c.max_rel:.3g} (tolerance atol={ATOL}, rtol={RTOL} of the "
+                "output's largest magnitude)"
+            )
+    return checks
