@@ -1,0 +1,158 @@
+"""Benchmarks: squeezer and its peers timed side by side, same process, same threads.
+
+Every implementation is timed the same way: warm-up calls, then ``repeat`` samples of the wall
+time of one call with inputs already in the implementation's own tensor type; we report the
+median, min and max in milliseconds. Ratios are only ever taken between rows of one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from squeezer.errors import SqueezerError
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    impl: str
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    threads: int
+
+
+def time_call(fn: Callable[[], object], repeat: int = 50, warmup: int = 5) -> tuple[float, ...]:
+    """Median, min and max milliseconds of ``fn()`` over ``repeat`` calls after ``warmup``."""
+    if repeat < 1:
+        raise SqueezerError(f"--repeat must be >= 1, got {repeat}")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    arr = np.asarray(samples)
+    return float(np.median(arr)), float(arr.min()), float(arr.max())
+
+
+def row(case: str, impl: str, fn: Callable[[], object], threads: int, repeat: int,
+        warmup: int = 5) -> Row:
+    med, lo, hi = time_call(fn, repeat, warmup)
+    return Row(case, impl, med, lo, hi, threads)
+
+
+# -- peers ---------------------------------------------------------------------------------------
+def onnxruntime_runner(model: str | os.PathLike | bytes, names: Sequence[str],
+                       arrays: Sequence[np.ndarray], threads: int) -> Callable[[], object]:
+    """A zero-argument callable running onnxruntime fp32 on fixed inputs with ``threads``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    src = model if isinstance(model, bytes) else str(model)
+    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    feed = {n: np.ascontiguousarray(a) for n, a in zip(names, arrays, strict=True)}
+    return lambda: sess.run(None, feed)
+
+
+def torch_runner(module, arrays: Sequence[np.ndarray], threads: int) -> Callable[[], object]:
+    """A zero-argument callable running torch eager (no grad) on fixed inputs with ``threads``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+
+    def run():
+        with torch.inference_mode():
+            return module(*tensors)
+
+    return run
+
+
+def squeezer_runner(module, arrays: Sequence[np.ndarray]) -> Callable[[], object]:
+    prepared = module.prepare(*arrays)
+    return lambda: module.run_prepared(prepared)
+
+
+# -- reporting -----------------------------------------------------------------------------------
+def write_json(rows: Sequence[Row], path: str | os.PathLike) -> None:
+    """Write ``{"rows": [...]}`` atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2))
+    os.replace(tmp, path)
+
+
+def table(rows: Sequence[Row], title: str = "benchmark", baseline: str = "squeezer"):
+    """A rich table; ``vs {baseline}`` is each row's median over the baseline's in its case."""
+    from rich.table import Table
+
+    t = Table(title=f"{title} (median of repeats; ratio > 1: {baseline} is faster)")
+    for col in ("case", "impl", "median ms", "min ms", "max ms", "threads", f"vs {baseline}"):
+        t.add_column(col, justify="left" if col in ("case", "impl") else "right")
+    base = {r.case: r.median_ms for r in rows if r.impl == baseline}
+    for r in rows:
+        ratio = f"{r.median_ms / base[r.case]:.2f}x" if r.case in base else "-"
+        t.add_row(r.case, r.impl, f"{r.median_ms:.3f}", f"{r.min_ms:.3f}", f"{r.max_ms:.3f}",
+                  str(r.threads), ratio)
+    return t
+
+
+# -- `squeezer bench MODEL.sqz` ------------------------------------------------------------------
+def load_npz_inputs(path: str | os.PathLike, specs) -> list[np.ndarray]:
+    """Inputs from an ``.npz`` keyed by input name (a lone array fits a lone input)."""
+    from squeezer.errors import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: inputs file not found")
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except Exception as err:
+        raise InputError(f"{path}: not a readable .npz file: {err}") from None
+    if len(specs) == 1 and len(data) == 1:
+        return [next(iter(data.values()))]
+    missing = [s.name for s in specs if s.name not in data]
+    if missing:
+        raise InputError(f"{path}: missing input(s) {missing}; it holds {sorted(data)}")
+    return [data[s.name] for s in specs]
+
+
+def bench_artifact(path: str | os.PathLike, *, inputs: str | None = None, repeat: int = 50,
+                   against: str | None = None, threads: int | None = None) -> list[Row]:
+    """Time an artifact, and the ``against`` model (ONNX or .pt2) on the same inputs."""
+    import squeezer
+    from squeezer.verify import random_inputs
+
+    mod = squeezer.load(path, threads=threads)
+    arrays = load_npz_inputs(inputs, mod.inputs) if inputs else random_inputs(mod.inputs)
+    case = Path(path).stem
+    rows = [row(case, "squeezer", squeezer_runner(mod, arrays), mod.threads, repeat)]
+    if against:
+        peer = Path(against)
+        if not peer.exists():
+            raise SqueezerError(f"{peer}: --against model not found")
+        if peer.suffix == ".onnx":
+            names = [s.name for s in mod.inputs]
+            fn = onnxruntime_runner(peer, names, arrays, mod.threads)
+            rows.append(row(case, "onnxruntime", fn, mod.threads, repeat))
+        elif peer.suffix == ".pt2":
+            import torch
+
+            eager = torch.export.load(str(peer)).module()
+            rows.append(row(case, "torch", torch_runner(eager, arrays, mod.threads),
+                            mod.threads, repeat))
+        else:
+            raise SqueezerError(f"{peer}: --against takes an .onnx or .pt2 file")
+    return rows

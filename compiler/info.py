@@ -1,0 +1,60 @@
+"""``squeezer info``: an artifact's manifest and per-layer table, read without TVM or torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from squeezer.artifact import ArtifactContents
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}P"
+
+
+def _shape(s) -> str:
+    return "x".join(str(d) for d in s) if s else "-"
+
+
+def info_tables(path: str | Path, contents: ArtifactContents) -> list:
+    """Two rich tables: the manifest summary and the per-layer table."""
+    from rich.table import Table
+
+    m = contents.manifest
+    summary = m.get("summary", {})
+    t = Table(title=f"{path}", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    target = m.get("target", {})
+    rows = [
+        ("squeezer / TVM", f"{m.get('squeezer_version')} / {m.get('tvm_version')}"),
+        ("target", f"{target.get('kind')} {target.get('key')} (mcpu {target.get('mcpu')})"),
+        ("threads", str(m.get("threads"))),
+        ("source", " ".join(f"{k}={v}" for k, v in m.get("source", {}).items())),
+        ("inputs", ", ".join(f"{i['name']}: {i['dtype']}[{_shape(i['shape'])}]"
+                             for i in m.get("inputs", []))),
+        ("outputs", ", ".join(f"{o['name']}: {o['dtype']}[{_shape(o['shape'])}]"
+                              for o in m.get("outputs", []))),
+        ("parameters", f"{summary.get('params', 0):,} ({_human(summary.get('param_bytes', 0))}B)"),
+        ("FLOPs", _human(summary.get("flops", 0))),
+        ("artifact bytes", f"{Path(path).stat().st_size:,}"),
+        ("tuning records", str(len(m.get("tuning_records", [])))),
+        ("verified", "no" if not m.get("verified") else ", ".join(
+            f"{k}: max abs {v['max_abs']:.2g}" for k, v in m["verified"].items())),
+        ("created", str(m.get("created"))),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+
+    layers = Table(title="layers")
+    for col in ("#", "operator", "inputs", "output", "params", "bytes", "FLOPs"):
+        layers.add_column(col, justify="right" if col in ("#", "params", "bytes", "FLOPs")
+                          else "left")
+    for i, r in enumerate(m.get("layers", [])):
+        layers.add_row(str(i), r["op"], " ".join(_shape(s) for s in r["inputs"]),
+                       _shape(r["output"]), f"{r['params']:,}", _human(r["bytes"]),
+                       _human(r["flops"]))
+    return [t, layers]
