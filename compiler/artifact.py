@@ -1,7 +1,9 @@
 """The ``.sqz`` artifact: one zip holding the compiled library and ``manifest.json``.
 
 The manifest records the sha256 of every other member; loading refuses a member whose digest,
-size or presence differs, a zip whose CRC fails, and a manifest written by a newer format. Writes
+size or presence differs, a zip whose CRC fails, and a manifest written by a newer format. The zip
+comment holds the sha256 of the whole file (computed with the comment zeroed), so a flipped byte
+anywhere, even in zip metadata that no member checksum covers, is refused too. Writes
 go to a temporary file in the destination folder and are renamed into place, so an interrupted
 save never leaves a half-written artifact under the final name.
 """
@@ -9,6 +11,7 @@ save never leaves a half-written artifact under the final name.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -19,6 +22,8 @@ from pathlib import Path
 from squeezer.errors import ArtifactError
 
 FORMAT_VERSION = 1
+_SEAL_LEN = 64  # hex sha256 in the zip comment, the last bytes of the file
+_BLANK_SEAL = b"0" * _SEAL_LEN
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 
@@ -51,14 +56,12 @@ def write_artifact(path: str | os.PathLike, manifest: dict, members: dict[str, b
     manifest["members"] = {
         name: {"sha256": sha256(data), "bytes": len(data)} for name, data in members.items()
     }
+    sealed = pack(manifest, members)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-                for name, data in members.items():
-                    zf.writestr(name, data)
+            fh.write(sealed)
             fh.flush()
             os.fsync(fh.fileno())
         umask = os.umask(0)
@@ -71,6 +74,18 @@ def write_artifact(path: str | os.PathLike, manifest: dict, members: dict[str, b
     return path
 
 
+def pack(manifest: dict, members: dict[str, bytes]) -> bytes:
+    """The sealed zip bytes of ``manifest`` (written as given) and ``members``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+        for name, data in members.items():
+            zf.writestr(name, data)
+        zf.comment = _BLANK_SEAL
+    raw = buf.getvalue()
+    return raw[:-_SEAL_LEN] + sha256(raw).encode()
+
+
 def read_artifact(path: str | os.PathLike) -> ArtifactContents:
     """Read and check an artifact; any inconsistency is an :class:`ArtifactError`."""
     from squeezer import __version__
@@ -78,8 +93,14 @@ def read_artifact(path: str | os.PathLike) -> ArtifactContents:
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: artifact not found")
+    raw = path.read_bytes()
+    seal = raw[-_SEAL_LEN:]
+    if len(raw) < _SEAL_LEN or sha256(raw[:-_SEAL_LEN] + _BLANK_SEAL).encode() != seal:
+        if _unsealed_zip(raw):
+            raise ArtifactError(f"{path}: not a squeezer artifact (no checksum seal)")
+        raise ArtifactError(f"{path}: corrupt or truncated artifact (file checksum mismatch)")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             names = zf.namelist()
             if MANIFEST not in names:
                 raise ArtifactError(f"{path}: not a squeezer artifact (no {MANIFEST})")
@@ -103,6 +124,15 @@ def read_artifact(path: str | os.PathLike) -> ArtifactContents:
                 f"{path}: checksum mismatch in member {name!r} (tampered or corrupt artifact)"
             )
     return ArtifactContents(manifest, members)
+
+
+def _unsealed_zip(raw: bytes) -> bool:
+    """A well-formed zip without a seal: some other zip file, not a damaged artifact."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            return len(zf.comment) == 0
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
 
 
 def _check_version(path: Path, manifest: dict, ours: str) -> None:

@@ -28,7 +28,9 @@ def _positive_int(text: str) -> int:
 def _console(args):
     from rich.console import Console
 
-    return Console(quiet=getattr(args, "quiet", False))
+    # Pipes and CI logs get a wide table instead of rich's 80-column default.
+    width = None if sys.stdout.isatty() else 160
+    return Console(quiet=getattr(args, "quiet", False), width=width)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -199,7 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
     from squeezer.errors import SqueezerError
+
+    # torch.export's pytree deprecation notice, printed once per export: noise for our users.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
     try:
         return args.func(args)

@@ -114,7 +114,7 @@ class CompiledModule:
             except Exception as err:
                 raise ArtifactError(f"{path}: the compiled library does not load: {err}") from None
         manifest = contents.manifest
-        return cls(library, manifest, threads=threads if threads else manifest.get("threads"))
+        return cls(library, manifest, threads=manifest.get("threads") if threads is None else threads)
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)
