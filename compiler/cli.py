@@ -139,9 +139,13 @@ def cmd_demo(args) -> int:
 
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    # --debug/--quiet work before or after the command; the copy on each command must not reset
+    # a flag given before it, hence SUPPRESS there.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show full tracebacks")
-    common.add_argument("--quiet", action="store_true", help="no progress, no tables")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress, no tables")
 
     parser = argparse.ArgumentParser(
         prog="squeezer", parents=[common],
@@ -201,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    args.quiet = getattr(args, "quiet", False)
     import warnings
 
     from squeezer.errors import SqueezerError
