@@ -1,0 +1,74 @@
+"""The stage pipeline and verification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import squeezer
+from squeezer.errors import VerificationError
+from squeezer.frontend import import_model
+from squeezer.pipeline import default_stages, graph_stage
+from squeezer.targets import make_target
+from squeezer.verify import compare, verify
+
+
+def test_stage_names():
+    assert [s.name for s in default_stages()] == ["graph", "legalize", "schedule", "build"]
+
+
+def test_graph_stage_folds_batch_norm(tiny, tiny_input):
+    im = import_model(tiny, (tiny_input,))
+    assert "R.nn.batch_norm" in im.mod.script(show_meta=False)
+    after = graph_stage(im.mod, make_target(1)).script(show_meta=False)
+    assert "R.nn.batch_norm" not in after and "R.nn.conv2d" in after
+
+
+def test_dump_ir_is_tvmscript(tiny, tiny_input, tmp_path):
+    squeezer.compile(tiny, (tiny_input,), threads=1, dump_ir=tmp_path, verify=False)
+    legalized = (tmp_path / "02-legalize.py").read_text()
+    assert "T.prim_func" in legalized and "R.call_tir" in legalized
+    assert "@R.function" in (tmp_path / "01-graph.py").read_text()
+    assert "vm.builtin" in (tmp_path / "04-build.py").read_text()
+
+
+def test_heavy_primfuncs_are_parallel_after_schedule(tiny, tiny_input, tmp_path):
+    squeezer.compile(tiny, (tiny_input,), threads=2, dump_ir=tmp_path, verify=False)
+    text = (tmp_path / "03-schedule.py").read_text()
+    funcs = text.split("@T.prim_func")[1:]
+    heavy = [f for f in funcs if "conv2d" in f.split("(")[1] or " def mean" in f]
+    assert len(heavy) == 3 and all("T.parallel" in f for f in heavy)
+
+
+def test_compare_and_verify_mismatch():
+    ok = compare("y", np.ones(4, np.float32), np.ones(4, np.float32) + 1e-6)
+    assert ok.ok and ok.max_abs == pytest.approx(1e-6, rel=0.2)
+    bad = compare("y", np.ones(4, np.float32), np.full(4, 2.0, np.float32))
+    assert not bad.ok and bad.max_abs == 1.0
+    assert not compare("i", np.array([1, 2]), np.array([1, 3])).ok
+    specs = [squeezer.frontend.TensorSpec("logits", (2,), "float32")]
+
+    def run(x):
+        return x * 2
+
+    with pytest.raises(VerificationError, match=r"output 'logits'.*max abs error 1.*max rel"):
+        verify(run, lambda xs: [xs[0]], specs, [np.ones(2, np.float32)])
+    checks = verify(run, lambda xs: [xs[0] * 2], specs, [np.ones(2, np.float32)])
+    assert checks[0].ok
+
+
+def test_compile_verification_catches_a_wrong_reference(tiny, tiny_input, monkeypatch):
+    """A compile whose reference disagrees fails loudly and names the output."""
+    import squeezer.frontend.torch_import as ti
+
+    real = ti._import_exported
+
+    def skewed(*args, **kwargs):
+        imported = real(*args, **kwargs)
+        ref = imported.reference
+        imported.reference = lambda xs: [r + 0.5 for r in ref(xs)]
+        return imported
+
+    monkeypatch.setattr(ti, "_import_exported", skewed)
+    with pytest.raises(VerificationError, match="output 'output'"):
+        squeezer.compile(tiny, (tiny_input,), threads=1)
