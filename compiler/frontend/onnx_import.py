@@ -91,6 +91,8 @@ def import_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = No
             f"{path}: {len(bad)} node(s) use operators squeezer cannot import: " + ", ".join(bad)
         )
     inputs = _input_specs(model, path, dict(input_shapes or {}))
+    reference = _ort_reference(model, inputs)
+    model = _fold_static_shapes(model, inputs, path)
     try:
         mod = from_onnx(
             model,
@@ -105,9 +107,39 @@ def import_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = No
         mod=mod,
         inputs=inputs,
         outputs=outputs,
-        reference=_ort_reference(model, inputs),
+        reference=reference,
         source={"format": "onnx", "path": str(path)},
     )
+
+
+def _fold_static_shapes(model, inputs: list[TensorSpec], path: Path):
+    """Fix the input shapes and constant-fold the graph (onnxruntime's basic level, standard ONNX
+    operators only). Exporters compute split points and reshape targets at run time
+    (Shape -> Gather -> Div -> Slice); folded, they import into Relax with static shapes."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    by_name = {s.name: s for s in inputs}
+    for inp in model.graph.input:
+        if inp.name in by_name:
+            dims = inp.type.tensor_type.shape.dim
+            for dim, size in zip(dims, by_name[inp.name].shape, strict=True):
+                dim.Clear()
+                dim.dim_value = size
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="squeezer-onnx-") as tmp:
+        opts.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        try:
+            ort.InferenceSession(model.SerializeToString(), opts,
+                                 providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise ModelLoadError(f"{path}: onnxruntime rejects the model: {err}") from None
+        return onnx.load(opts.optimized_model_filepath)
 
 
 def _ort_reference(model, inputs: list[TensorSpec]):
