@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +16,29 @@ from tvm import relax
 from squeezer.artifact import LIBRARY, read_artifact, write_artifact
 from squeezer.errors import ArtifactError, InputError
 from squeezer.frontend.common import TensorSpec
+
+
+@contextlib.contextmanager
+def _filter_native_stderr(noise: str):
+    """Drop lines containing ``noise`` that native code writes to stderr in this block.
+
+    TVM 0.27's VM loader logs a warning line per constant ("Scope Loaded:global"), a leftover
+    debug print: hundreds of lines for a real model. Other native output is passed through.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [ln for ln in capture.read().decode(errors="replace").splitlines(True)
+                    if noise not in ln]
+            if kept:
+                sys.stderr.write("".join(kept))
 
 
 class CompiledModule:
@@ -110,7 +135,8 @@ class CompiledModule:
             lib_path = Path(tmp) / LIBRARY
             lib_path.write_bytes(contents.members[LIBRARY])
             try:
-                library = tvm.runtime.load_module(str(lib_path))
+                with _filter_native_stderr("Scope Loaded:"):
+                    library = tvm.runtime.load_module(str(lib_path))
             except Exception as err:
                 raise ArtifactError(f"{path}: the compiled library does not load: {err}") from None
         manifest = contents.manifest
