@@ -1,0 +1,55 @@
+"""Default CPU schedules: one rule per operator family, tried in order, ending in a fallback."""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
+
+from .conv2d import Conv2dNCHW
+from .elementwise import ParallelVectorize
+from .matmul import Matmul
+
+__all__ = [
+    "Conv2dNCHW",
+    "Matmul",
+    "ParallelVectorize",
+    "default_rules",
+    "default_schedule_pass",
+]
+
+
+def default_rules() -> list[ScheduleRule]:
+    """The ordered CPU rule list; the last one applies to every PrimFunc."""
+    return [
+        Conv2dNCHW(),
+        Matmul(),
+        dlight.cpu.GEMV(),
+        dlight.cpu.Reduction(),
+        ParallelVectorize(),
+    ]
+
+
+def default_schedule_pass(target: Target) -> tvm.transform.Pass:
+    """Schedule every not-yet-scheduled PrimFunc of a module for a CPU `target`.
+
+    Parameters
+    ----------
+    target : Target
+        An LLVM target; its ``mcpu`` sets the vector width and ``num-cores`` the parallelism.
+
+    Returns
+    -------
+    tvm.transform.Pass
+        A module pass; scheduled functions get ``tirx.is_scheduled`` so later passes
+        (and a second application) leave them alone.
+    """
+    apply = dlight.ApplyDefaultSchedule(*default_rules())
+
+    @tvm.transform.module_pass(opt_level=0, name="squeezer.DefaultCPUSchedule")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            return apply(mod)
+
+    return _pass
