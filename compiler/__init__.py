@@ -30,7 +30,7 @@ def __getattr__(name: str):
 
         return SqueezerError
     if name == "compress":
-        from squeezer.compressing import compress
+        from squeezer.compression import compress
 
         return compress
     raise AttributeError(f"module 'squeezer' has no attribute {name!r}")

@@ -120,7 +120,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from squeezer.compressing import compress_file
+    from squeezer.compression import compress_file
 
     report = compress_file(args.model, args.recipe, args.output, data=args.data,
                            progress=not args.quiet)

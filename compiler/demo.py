@@ -65,7 +65,7 @@ def _cached(key: str, build, make_empty):
 def demo_variants(console, data, resolution: int) -> list[tuple[str, object]]:
     """(label, trained torch module) pairs: the baseline, then compressed variants."""
     from squeezer import zoo
-    from squeezer.compressing import compress
+    from squeezer.compression import compress
     from squeezer.data import train
 
     base_key = f"v{CACHE_VERSION}-{DEMO_MODEL}-small-r{resolution}-e{TEACHER_EPOCHS}"

@@ -84,7 +84,9 @@ class CompiledModule:
                     f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(arr.shape)}"
                 )
             if str(arr.dtype) != spec.dtype:
-                raise InputError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {arr.dtype}")
+                raise InputError(
+                    f"input {spec.name!r}: expected dtype {spec.dtype}, got {arr.dtype}"
+                )
             checked.append(np.ascontiguousarray(arr))
         return checked
 
@@ -140,7 +142,8 @@ class CompiledModule:
             except Exception as err:
                 raise ArtifactError(f"{path}: the compiled library does not load: {err}") from None
         manifest = contents.manifest
-        return cls(library, manifest, threads=manifest.get("threads") if threads is None else threads)
+        threads = manifest.get("threads") if threads is None else threads
+        return cls(library, manifest, threads=threads)
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)

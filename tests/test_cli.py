@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from test_frontend import unsupported_model
 
 
