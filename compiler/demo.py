@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 
 DEMO_MODEL = "mobilenetv2"
-TEACHER_EPOCHS = 15
-STUDENT_WIDTH = 0.5
 CACHE_VERSION = 1
 
 
@@ -68,28 +66,31 @@ def demo_variants(console, data, resolution: int) -> list[tuple[str, object]]:
     from squeezer.compression import compress
     from squeezer.data import train
 
-    base_key = f"v{CACHE_VERSION}-{DEMO_MODEL}-small-r{resolution}-e{TEACHER_EPOCHS}"
+    spec = zoo.spec(DEMO_MODEL, "small")
+    epochs = spec.epochs or 10
+    student_width = spec.knobs["width"] / 2  # half the channels of the teacher
+    base_key = f"v{CACHE_VERSION}-{spec}"
 
     def train_teacher():
-        console.print(f"training {DEMO_MODEL} (small) on digits, {TEACHER_EPOCHS} epochs")
-        return train(zoo.create(DEMO_MODEL, size="small"), TEACHER_EPOCHS, data=data)
+        console.print(f"training {DEMO_MODEL} (small) on digits, {epochs} epochs")
+        return train(zoo.create(DEMO_MODEL, size="small"), epochs, data=data)
 
     teacher, hit = _cached(base_key, train_teacher, lambda: zoo.create(DEMO_MODEL, size="small"))
     if hit:
         console.print(f"{DEMO_MODEL}: trained weights from the cache ({cache_dir()})")
-    recipe = [{"method": "distill", "student": {"zoo": DEMO_MODEL, "width": STUDENT_WIDTH},
-               "temperature": 4.0, "alpha": 0.7, "epochs": TEACHER_EPOCHS}]
+    recipe = [{"method": "distill", "student": {"zoo": DEMO_MODEL, "width": student_width},
+               "temperature": 4.0, "alpha": 0.7, "epochs": 2 * epochs}]
 
     def distill():
-        console.print(f"distilling into {DEMO_MODEL} width {STUDENT_WIDTH}")
+        console.print(f"distilling into {DEMO_MODEL} width {student_width}")
         student, _ = compress(teacher, recipe, train_data=data, eval_data=data,
                               resolution=resolution, progress=not console.quiet)
         return student
 
     student, _ = _cached(f"{base_key}-distill-{json.dumps(recipe, sort_keys=True)}", distill,
-                         lambda: zoo.create(DEMO_MODEL, size="small", width=STUDENT_WIDTH))
+                         lambda: zoo.create(DEMO_MODEL, size="small", width=student_width))
     return [(f"{DEMO_MODEL} fp32", teacher),
-            (f"{DEMO_MODEL} x{STUDENT_WIDTH} distilled (Hinton 2015)", student)]
+            (f"{DEMO_MODEL} width/2 distilled", student)]
 
 
 def measure(label: str, model, data, threads: int, repeat: int = 200) -> DemoRow:

@@ -18,12 +18,16 @@ from squeezer.errors import ArtifactError, InputError
 from squeezer.frontend.common import TensorSpec
 
 
-@contextlib.contextmanager
-def _filter_native_stderr(noise: str):
-    """Drop lines containing ``noise`` that native code writes to stderr in this block.
+_TVM_NOISE = ("Scope Loaded:", "Scope Saving:")
 
-    TVM 0.27's VM loader logs a warning line per constant ("Scope Loaded:global"), a leftover
-    debug print: hundreds of lines for a real model. Other native output is passed through.
+
+@contextlib.contextmanager
+def _filter_native_stderr(*noise: str):
+    """Drop lines containing any of ``noise`` that native code writes to stderr in this block.
+
+    TVM 0.27's VM executable logs a warning line per constant when saved or loaded ("Scope
+    Saving:", "Scope Loaded:"), a leftover debug print: hundreds of lines for a real model.
+    Other native output is passed through.
     """
     sys.stderr.flush()
     saved = os.dup(2)
@@ -36,7 +40,7 @@ def _filter_native_stderr(noise: str):
             os.close(saved)
             capture.seek(0)
             kept = [ln for ln in capture.read().decode(errors="replace").splitlines(True)
-                    if noise not in ln]
+                    if not any(n in ln for n in noise)]
             if kept:
                 sys.stderr.write("".join(kept))
 
@@ -123,7 +127,8 @@ class CompiledModule:
         """Write the ``.sqz`` artifact atomically and return its path."""
         with tempfile.TemporaryDirectory(prefix="squeezer-") as tmp:
             lib_path = Path(tmp) / LIBRARY
-            self._library.export_library(str(lib_path))
+            with _filter_native_stderr(*_TVM_NOISE):
+                self._library.export_library(str(lib_path))
             lib = lib_path.read_bytes()
         return write_artifact(path, self.manifest, {LIBRARY: lib})
 
@@ -137,7 +142,7 @@ class CompiledModule:
             lib_path = Path(tmp) / LIBRARY
             lib_path.write_bytes(contents.members[LIBRARY])
             try:
-                with _filter_native_stderr("Scope Loaded:"):
+                with _filter_native_stderr(*_TVM_NOISE):
                     library = tvm.runtime.load_module(str(lib_path))
             except Exception as err:
                 raise ArtifactError(f"{path}: the compiled library does not load: {err}") from None
