@@ -138,3 +138,24 @@ def test_debug_shows_traceback(tmp_path):
     proc = squeezer("--debug", "compile", tmp_path / "nope.onnx", "-o", tmp_path / "x.sqz",
                     ok=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_compress_command(tmp_path):
+    import torch
+
+    from squeezer import zoo
+
+    model = zoo.create("mobilenetv2", size="small")
+    program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    (tmp_path / "recipe.yaml").write_text("recipe:\n  - method: finetune\n    epochs: 2\n")
+    proc = squeezer("compress", tmp_path / "m.pt2", "--recipe", tmp_path / "recipe.yaml",
+                    "--data", "digits", "-o", tmp_path / "small.pt2")
+    assert "accuracy" in proc.stdout and (tmp_path / "small.pt2").exists()
+    small = torch.export.load(str(tmp_path / "small.pt2")).module()
+    assert small(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+    (tmp_path / "bad.yaml").write_text("recipe:\n  - method: finetune\n    epoch: 2\n")
+    one_line_error(squeezer("compress", tmp_path / "m.pt2", "--recipe", tmp_path / "bad.yaml",
+                            "-o", tmp_path / "x.pt2", ok=False), "recipe[0]", "epoch")
