@@ -66,6 +66,8 @@ def test_compile_dump_run_info_bench(compiled_onnx, tiny_files, tiny_input, tmp_
     assert [r["impl"] for r in rows] == ["squeezer", "onnxruntime"]
     assert set(rows[0]) == {"case", "impl", "median_ms", "min_ms", "max_ms", "threads"}
     assert all(r["threads"] == 1 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)
+    table = squeezer("bench", art, "--repeat", 2, "--against", tiny_files["pt2"]).stdout
+    assert "torch" in table and "vs squeezer" in table
 
 
 def test_compile_pt2(tiny_files, tmp_path):
