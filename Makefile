@@ -27,6 +27,8 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check compiler passes schedules targets tests
+	$(BIN)/mypy compiler/api.py compiler/module.py compiler/artifact.py compiler/compression.py \
+		compiler/recipe.py compiler/data.py compiler/errors.py
 
 bench-zoo: $(STAMP)
 	$(BIN)/squeezer bench zoo --threads 2

@@ -10,14 +10,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.25
 NUM_CLASSES = 10
 
-LossFn = Callable[["torch.nn.Module", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # noqa: F821
+LossFn = Callable[["torch.nn.Module", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ def train(
     data = data or load_digits(resolution)
     loss_fn = loss_fn or cross_entropy
     params = [p for p in model.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
