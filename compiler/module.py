@@ -17,7 +17,6 @@ from squeezer.artifact import LIBRARY, read_artifact, write_artifact
 from squeezer.errors import ArtifactError, InputError
 from squeezer.frontend.common import TensorSpec
 
-
 _TVM_NOISE = ("Scope Loaded:", "Scope Saving:")
 
 

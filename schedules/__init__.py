@@ -8,13 +8,14 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from .conv2d import Conv2dNCHW
-from .elementwise import ParallelVectorize
+from .elementwise import ParallelVectorize, SerialTiny
 from .matmul import Matmul
 
 __all__ = [
     "Conv2dNCHW",
     "Matmul",
     "ParallelVectorize",
+    "SerialTiny",
     "default_rules",
     "default_schedule_pass",
 ]
@@ -25,6 +26,7 @@ def default_rules() -> list[ScheduleRule]:
     return [
         Conv2dNCHW(),
         Matmul(),
+        SerialTiny(),
         dlight.cpu.GEMV(),
         dlight.cpu.Reduction(),
         ParallelVectorize(),

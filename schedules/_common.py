@@ -13,9 +13,13 @@ from tvm_ffi import get_global_func
 _get_realize = get_global_func("s_tir.schedule.GetSBlockRealize")
 _has_if_then_else = get_global_func("s_tir.schedule.HasIfThenElse")
 
-# Below this many scalar operations a parallel region costs more than it saves
-# (thread-pool wake-up is a few microseconds on this class of machine).
-MIN_PARALLEL_WORK = 4096
+# Below this many scalar operations (elementwise, pooling, copies) a parallel region costs
+# more than it saves: waking the pool and joining is a few microseconds on this class of
+# machine, about what 30k memory-bound operations take on one core.
+MIN_PARALLEL_WORK = 32768
+# The same for multiply-adds of the register-tiled rules (conv2d, matmul), which run about
+# ten times as many per second: measured crossovers on 2 cores were 300k-450k MACs.
+MIN_PARALLEL_MACS = 12 * MIN_PARALLEL_WORK
 # Vector accumulators kept in registers by the tiled rules (AVX-512 has 32, AVX2 16).
 MAX_ACC_REGS = 24
 
@@ -116,9 +120,25 @@ def parallel_outer(sch: s_tir.Schedule, loops: list[LoopRV], target: Target, wor
             break
     count = max(count, 1)
     fused = sch.fuse(*loops[:count]) if count > 1 else loops[0]
-    if work >= MIN_PARALLEL_WORK and extent > 1:
+    if worth_parallel(target, work, extent):
         sch.parallel(fused)
     return fused
+
+
+def worth_parallel(
+    target: Target, work: int, extent: int | None = None, *, macs: bool = False
+) -> bool:
+    """True when a region of `work` operations should be split across threads.
+
+    `work` counts scalar operations, or multiply-adds of a register-tiled kernel when
+    `macs` is set (those are cheaper, so more of them are needed). `extent` is the trip
+    count of the loop that would be parallelized (None: unknown, assumed enough). Tiny
+    kernels (a digits-sized net's layers take 0.1-2 us) stay serial: a parallel region
+    would cost them several times their own run time.
+    """
+    if num_cores(target) < 2 or work < (MIN_PARALLEL_MACS if macs else MIN_PARALLEL_WORK):
+        return False
+    return extent is None or extent > 1
 
 
 def schedule_block_generic(sch: s_tir.Schedule, block: SBlockRV, target: Target) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir, sym, tirx
@@ -20,6 +21,7 @@ from ._common import (
     schedule_block_generic,
     vector_lanes,
     vectorize_innermost,
+    worth_parallel,
 )
 
 
@@ -160,6 +162,9 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
         sch.transform_block_layout(block, lambda a, b, c, d, e, g, h: (a, b, c * ow + d, e, g, h))
         n, f, x, rc, ry, rx = sch.get_loops(block)
     width = oh * ow if pointwise else ow
+    if _depthwise_channel_vec(info, lanes):
+        _schedule_depthwise_channel_vec(sch, info, target, lanes, out)
+        return
     yi = 1
     channel_vec = not info.depthwise and info.out_per_group % (lanes // 2) == 0
     if channel_vec:
@@ -170,7 +175,7 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
         xi = largest_divisor(width, cap=min(cap, 14), prefer=(12, 8, 7, 6))
         if not pointwise:
             yi = largest_divisor(oh, cap=max(min(cap // xi, 2), 1))
-        _transpose_weight(sch, block, info.weight)
+        _transpose_weight(sch, block, info.weight, target)
         # Channels innermost in the accumulator too, so its vectors are contiguous.
         if pointwise:
             sch.transform_layout(block, ("write", 0), lambda a, b, c: (a, c, b))
@@ -202,7 +207,9 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
         tile = spatial_outer[-1]
     else:
         task = tile = sch.fuse(*spatial_outer)
-    sch.parallel(task)
+    work = math.prod(info.extents)
+    if worth_parallel(target, work, const_extent(sch, task), macs=True):
+        sch.parallel(task)
     sch.reverse_compute_at(out, tile)
     if info.padded and info.depthwise:
         sch.compute_at(info.pad, task)
@@ -220,7 +227,62 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
     vectorize_innermost(sch, out, lanes)
 
 
-def _transpose_weight(sch: s_tir.Schedule, block: SBlockRV, weight: tirx.Buffer) -> None:
+def _depthwise_channel_vec(info: ConvInfo, lanes: int) -> bool:
+    """Narrow maps (width below one vector) of a padded, multiplier-1 depthwise conv."""
+    _, f, _, ow, rc, _, _ = info.extents
+    return (
+        info.depthwise
+        and info.padded
+        and info.pad is not None
+        and info.out_per_group == 1
+        and rc == 1
+        and f % lanes == 0
+        and info.strides == (1, 1)  # strided: the copy costs more than the vectors win
+        and ow < lanes
+    )
+
+
+def _schedule_depthwise_channel_vec(
+    sch: s_tir.Schedule, info: ConvInfo, target: Target, lanes: int, out: SBlockRV
+) -> None:
+    """Depthwise conv on maps narrower than a vector: vectors run along channels.
+
+    Along the width a 7-, 4- or 2-wide map fills a fraction of a register and each channel
+    plane pays for its own loop nest. Instead each task takes `lanes` channels: it builds
+    their padded input channels-last ([h, w, c]), so one contiguous vector load feeds
+    `lanes` output channels per tap, with the weight transposed to [kh, kw, c] to match.
+    """
+    _, _, oh, ow, _, _, _ = info.extents
+    block = info.block
+    reads = sch.get(block).reads
+    data_idx = next(
+        i
+        for i, r in enumerate(reads)
+        if any(w.source.same_as(r.source) for w in sch.get(info.pad).writes)
+    )
+    sch.transform_layout(block, ("read", data_idx), lambda a, b, c, d: (a, c, d, b))
+    _transpose_weight(sch, block, info.weight, target)
+    sch.transform_layout(block, ("write", 0), lambda a, b, c, d: (a, c, d, b))
+    n, f, y, x, rc, ry, rx = sch.get_loops(block)
+    yi = largest_divisor(oh, cap=max(MAX_ACC_REGS // ow, 1))
+    fo, fi = sch.split(f, [None, lanes])
+    yo, yi_l = sch.split(y, [None, yi])
+    sch.reorder(n, fo, yo, x, rc, ry, rx, yi_l, fi)
+    task = sch.fuse(n, fo)
+    if worth_parallel(target, math.prod(info.extents), const_extent(sch, task), macs=True):
+        sch.parallel(task)
+    sch.reverse_compute_at(out, yo)
+    sch.compute_at(info.pad, task)
+    for loop in (ry, rx, x, yi_l):
+        sch.unroll(loop)
+    sch.vectorize(fi)
+    sch.decompose_reduction(block, rc)
+    vectorize_innermost(sch, out, lanes)
+
+
+def _transpose_weight(
+    sch: s_tir.Schedule, block: SBlockRV, weight: tirx.Buffer, target: Target
+) -> None:
     """Copy the weight as [rc, kh, kw, f] so a vector of output channels is contiguous.
 
     The copy costs 1/(OH*OW) of the convolution; the compiler's constant folding of a
@@ -232,4 +294,7 @@ def _transpose_weight(sch: s_tir.Schedule, block: SBlockRV, weight: tirx.Buffer)
     sch.transform_layout(block, ("read", idx), lambda f, c, r, s: (c, r, s, f))
     loops = sch.get_loops(cache)
     sch.reorder(*loops[1:], loops[0])
-    sch.parallel(sch.fuse(*loops[1:]))
+    fused = sch.fuse(*loops[1:])
+    # A plain copy: worth threads only for the large weights of full-size layers.
+    if worth_parallel(target, math.prod(int(s) for s in weight.shape), const_extent(sch, fused)):
+        sch.parallel(fused)

@@ -9,7 +9,6 @@ from tvm.target import Target
 
 from ._common import (
     MAX_ACC_REGS,
-    MIN_PARALLEL_WORK,
     const_extent,
     inline_injective_chain,
     is_trivial_binding,
@@ -18,6 +17,7 @@ from ._common import (
     pick_vector_tile,
     vector_lanes,
     vectorize_innermost,
+    worth_parallel,
 )
 
 
@@ -113,7 +113,7 @@ def _schedule(
     work = 1
     for e in extents:
         work *= e or 1
-    if work >= MIN_PARALLEL_WORK and (const_extent(sch, tile) or 1) > 1:
+    if worth_parallel(target, work, const_extent(sch, tile) or 1, macs=True):
         sch.parallel(tile)
     sch.reverse_compute_at(out, tile)
     sch.unroll(ii_l)

@@ -16,9 +16,11 @@ from squeezer.schedules import (  # noqa: E402
     Conv2dNCHW,
     Matmul,
     ParallelVectorize,
+    SerialTiny,
     default_rules,
     default_schedule_pass,
 )
+from squeezer.schedules._common import worth_parallel  # noqa: E402
 
 TARGET = tvm.target.Target(
     {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
@@ -91,6 +93,8 @@ CONV_CASES = [
     (3, 10, 5, 2, 2, 1, False, None, False, 17),  # 5x5, out channels not vector multiple
     (16, 16, 3, 1, 1, 16, True, nn.ReLU6(), False, 15),  # depthwise
     (12, 12, 3, 2, 1, 12, True, nn.ReLU6(), False, 15),  # depthwise stride 2
+    (32, 32, 3, 1, 1, 32, True, nn.ReLU6(), True, 7),  # depthwise, narrow map: channel vectors
+    (48, 48, 3, 1, 1, 48, True, nn.ReLU6(), False, 2),  # depthwise 2x2 map, 48 channels
     (8, 16, 3, 1, 1, 2, True, nn.ReLU(), False, 10),  # grouped
     (16, 16, 1, 2, 0, 1, True, None, False, 12),  # strided pointwise (ResNet downsample)
 ]
@@ -143,7 +147,7 @@ def test_elementwise() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(x) * 2.0 - torch.tanh(x).transpose(2, 3)
 
-    _check(Elementwise(), (1, 3, 19, 19), rule="ParallelVectorize")
+    _check(Elementwise(), (1, 3, 119, 119), rule="ParallelVectorize")
 
 
 class SmallCNN(nn.Module):
@@ -168,7 +172,7 @@ def _has_parallel(func: tirx.PrimFunc) -> bool:
 
 
 def test_small_cnn_all_scheduled_and_parallel() -> None:
-    mod = _check(SmallCNN(), (1, 3, 64, 64))
+    mod = _check(SmallCNN(), (1, 3, 128, 128))
     funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
     assert funcs
     for name, func in funcs.items():
@@ -193,3 +197,49 @@ def test_pass_skips_scheduled_functions() -> None:
     again = default_schedule_pass(TARGET)(mod)
     for gv, func in mod.functions_items():
         assert func.same_as(again[gv]), gv.name_hint
+
+
+def test_worth_parallel_threshold() -> None:
+    one = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    assert not worth_parallel(TARGET, 4096)  # tiny elementwise work
+    assert worth_parallel(TARGET, 1 << 20)
+    assert not worth_parallel(TARGET, 1 << 17, macs=True)  # tiny conv: serial is faster
+    assert worth_parallel(TARGET, 1 << 22, macs=True)
+    assert not worth_parallel(TARGET, 1 << 22, extent=1)
+    assert not worth_parallel(one, 1 << 30)
+
+
+class DigitsNet(nn.Module):
+    """A digits-sized net (8x8 input): every kernel is far below the parallel threshold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(8, 48, 1), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, 1, 1, groups=48), nn.ReLU6())
+        self.dw2 = nn.Sequential(nn.Conv2d(48, 48, 3, 2, 1, groups=48), nn.ReLU6())
+        self.project = nn.Conv2d(48, 12, 1)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw2(self.dw(self.expand(self.stem(x)))))
+        return torch.softmax(self.fc(y.mean((2, 3))), dim=-1)
+
+
+def test_tiny_net_is_serial() -> None:
+    """Thread-pool wake-up costs more than these kernels: no parallel loop anywhere."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 8)
+    names = _rule_names(_lower(DigitsNet(), x))
+    assert "SerialTiny" in names.values()  # the mean/softmax, which dlight would parallelize
+    mod = _check(DigitsNet(), (1, 1, 8, 8))
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            assert not _has_parallel(func), gv.name_hint
+
+
+def test_serial_tiny_declines_large_work() -> None:
+    mod = _lower(nn.AdaptiveAvgPool2d(1), torch.randn(1, 64, 32, 32))
+    func = next(f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+    with TARGET:
+        assert SerialTiny().apply(func, TARGET, False) is None
