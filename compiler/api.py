@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tvm
@@ -17,7 +17,7 @@ TARGETS = ("cpu",)
 
 def compile(  # noqa: A001 - the public name the brief fixes
     model,
-    example_inputs: Sequence | None = None,
+    example_inputs: Sequence | Mapping[str, np.ndarray] | None = None,
     target: str = "cpu",
     *,
     threads: int | None = None,
@@ -32,9 +32,10 @@ def compile(  # noqa: A001 - the public name the brief fixes
     ----------
     model : torch.nn.Module | torch.export.ExportedProgram | str | os.PathLike
         A torch module (needs ``example_inputs``), or a path to an ``.onnx`` or ``.pt2`` file.
-    example_inputs : sequence of arrays, optional
+    example_inputs : sequence of arrays, or dict of arrays by input name, optional
         Inputs for ``torch.export`` and for verification; random inputs are used for
-        verification when omitted.
+        verification when omitted. A dict (ONNX and ``.pt2`` only) is matched to the model's
+        inputs by name.
     target : {"cpu"}
         Where the module runs.
     threads : int, optional
@@ -67,7 +68,10 @@ def compile(  # noqa: A001 - the public name the brief fixes
     threads = check_threads(threads)
     with _Progress(progress) as prog:
         prog.stage("import")
-        imported = import_model(model, example_inputs, input_shapes)
+        by_name = example_inputs if isinstance(example_inputs, Mapping) else None
+        imported = import_model(model, None if by_name else example_inputs, input_shapes)
+        if by_name is not None:
+            example_inputs = _order_by_name(by_name, imported.inputs)
         tgt = make_target(threads)
         layers = layer_table(graph_stage(imported.mod, tgt))
         result = run_pipeline(imported.mod, tgt, dump_ir=dump_ir, on_stage=prog.stage)
@@ -103,6 +107,17 @@ def compile(  # noqa: A001 - the public name the brief fixes
 def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModule:
     """Load a ``.sqz`` artifact (checksums verified; needs neither torch nor onnx)."""
     return CompiledModule.load(path, threads=threads)
+
+
+def _order_by_name(arrays: Mapping[str, np.ndarray], specs) -> tuple:
+    from squeezer.errors import InputError
+
+    if len(specs) == 1 and len(arrays) == 1:
+        return (next(iter(arrays.values())),)
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise InputError(f"example inputs miss input(s) {missing}; given {sorted(arrays)}")
+    return tuple(arrays[s.name] for s in specs)
 
 
 def _as_tuple(x):

@@ -110,17 +110,24 @@ def table(rows: Sequence[Row], title: str = "benchmark", baseline: str = "squeez
 
 
 # -- `squeezer bench MODEL.sqz` ------------------------------------------------------------------
-def load_npz_inputs(path: str | os.PathLike, specs) -> list[np.ndarray]:
-    """Inputs from an ``.npz`` keyed by input name (a lone array fits a lone input)."""
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file by name; a clear error for a missing or unreadable file."""
     from squeezer.errors import InputError
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: inputs file not found")
     try:
-        data = dict(np.load(path, allow_pickle=False))
+        return dict(np.load(path, allow_pickle=False))
     except Exception as err:
         raise InputError(f"{path}: not a readable .npz file: {err}") from None
+
+
+def load_npz_inputs(path: str | os.PathLike, specs) -> list[np.ndarray]:
+    """Inputs from an ``.npz`` keyed by input name (a lone array fits a lone input)."""
+    from squeezer.errors import InputError
+
+    data = read_npz(path)
     if len(specs) == 1 and len(data) == 1:
         return [next(iter(data.values()))]
     missing = [s.name for s in specs if s.name not in data]

@@ -36,15 +36,10 @@ def _console(args):
 # -- commands ------------------------------------------------------------------------------------
 def cmd_compile(args) -> int:
     import squeezer
-    from squeezer.bench import load_npz_inputs
+    from squeezer.bench import read_npz
     from squeezer.frontend import parse_input_shapes
 
-    example = None
-    if args.inputs:
-        from squeezer.frontend import import_model
-
-        specs = import_model(args.model, input_shapes=parse_input_shapes(args.input_shape)).inputs
-        example = tuple(load_npz_inputs(args.inputs, specs))
+    example = read_npz(args.inputs) if args.inputs else None
     mod = squeezer.compile(
         args.model,
         example_inputs=example,

@@ -161,3 +161,13 @@ def test_compress_command(tmp_path):
     (tmp_path / "bad.yaml").write_text("recipe:\n  - method: finetune\n    epoch: 2\n")
     one_line_error(squeezer("compress", tmp_path / "m.pt2", "--recipe", tmp_path / "bad.yaml",
                             "-o", tmp_path / "x.pt2", ok=False), "recipe[0]", "epoch")
+
+
+def test_compile_with_inputs_npz(tiny_files, tiny_input, tmp_path):
+    np.savez(tmp_path / "in.npz", input=tiny_input)
+    out = tmp_path / "v.sqz"
+    proc = squeezer("compile", tiny_files["onnx"], "-o", out, "--inputs", tmp_path / "in.npz")
+    assert "verified" in proc.stdout
+    np.savez(tmp_path / "wrong.npz", input=tiny_input[:, :2])
+    one_line_error(squeezer("compile", tiny_files["onnx"], "-o", out, "--inputs",
+                            tmp_path / "wrong.npz", ok=False), "input 'input'", "expected shape")
