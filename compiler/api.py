@@ -57,7 +57,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
     """
     from squeezer import __version__
     from squeezer.frontend import import_model
-    from squeezer.pipeline import graph_stage, run_pipeline
+    from squeezer.pipeline import run_pipeline
     from squeezer.summary import layer_table, summarize
     from squeezer.targets import check_threads, detect_host, make_target
     from squeezer.verify import random_inputs
@@ -73,8 +73,14 @@ def compile(  # noqa: A001 - the public name the brief fixes
         if by_name is not None:
             example_inputs = _order_by_name(by_name, imported.inputs)
         tgt = make_target(threads)
-        layers = layer_table(graph_stage(imported.mod, tgt))
-        result = run_pipeline(imported.mod, tgt, dump_ir=dump_ir, on_stage=prog.stage)
+        layers: list[dict] = []
+
+        def summarize_graph(stage: str, mod: tvm.IRModule) -> None:
+            if stage == "graph":  # after BN folding, before operators become PrimFuncs
+                layers.extend(layer_table(mod))
+
+        result = run_pipeline(imported.mod, tgt, dump_ir=dump_ir, on_stage=prog.stage,
+                              after_stage=summarize_graph)
         host = detect_host()
         manifest = {
             "squeezer_version": __version__,

@@ -89,6 +89,7 @@ def run_pipeline(
     stages: list[Stage] | None = None,
     dump_ir: str | Path | None = None,
     on_stage: Callable[[str], None] | None = None,
+    after_stage: Callable[[str, tvm.IRModule], None] | None = None,
 ) -> PipelineResult:
     """Run ``stages`` over ``mod`` (already imported) and build the executable.
 
@@ -98,6 +99,8 @@ def run_pipeline(
         Directory receiving ``00-import.py``, ``01-graph.py``, ... (TVMScript).
     on_stage : callable, optional
         Called with each stage name before it runs (progress display).
+    after_stage : callable, optional
+        Called with each stage name and the module it produced (analyses between stages).
     """
     stages = default_stages() if stages is None else stages
     dump_dir = Path(dump_ir) if dump_ir else None
@@ -111,6 +114,8 @@ def run_pipeline(
         t0 = time.perf_counter()
         mod = stage.run(mod, target)
         timings[stage.name] = time.perf_counter() - t0
+        if after_stage:
+            after_stage(stage.name, mod)
         if dump_dir:
             _dump(dump_dir / f"{i:02d}-{stage.name}.py", mod)
     if on_stage:
