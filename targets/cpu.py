@@ -91,9 +91,20 @@ def make_target(threads: int | None = None, host: HostInfo | None = None) -> tvm
 
 
 def set_runtime_threads(threads: int | None) -> int:
-    """Size TVM's runtime thread pool (it defaults to one thread here, TVM_NOTES.md)."""
+    """Size TVM's runtime thread pool and return the number of threads in use.
+
+    TVM builds its pool once per process, at first use, with ``TVM_NUM_THREADS`` workers (half
+    the logical cores when unset: one thread on a 2-core machine, TVM_NOTES.md); afterwards
+    ``config_threadpool`` can only use fewer. So the pool is built with every core (or more, if
+    asked before first use) and then restricted to ``threads``.
+    """
     n = check_threads(threads)
-    os.environ["TVM_NUM_THREADS"] = str(n)
-    # mode 0: no affinity preference; the pool is rebuilt with n workers.
+    os.environ["TVM_NUM_THREADS"] = str(max(n, detect_host().cores))
     tvm_ffi.get_global_func("runtime.config_threadpool")(0, n)
+    used = int(tvm.runtime.num_threads())
+    if used != n:
+        raise SqueezerError(
+            f"cannot run {n} threads: TVM's thread pool was already built with {used} in this "
+            "process (start a new process, or set TVM_NUM_THREADS before the first run)"
+        )
     return n

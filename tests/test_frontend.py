@@ -108,3 +108,18 @@ def test_missing_and_unknown_format(tmp_path):
         import_model(other)
     with pytest.raises(SqueezerError, match="example_inputs"):
         import_model(__import__("torch").nn.Linear(2, 2))
+
+
+def test_torch_unsupported_operators_all_listed():
+    import torch
+
+    class Exotic(torch.nn.Module):
+        def forward(self, x):
+            a = torch.special.erfcx(x)
+            return torch.cummax(torch.relu(a), 1)[0]
+
+    with pytest.raises(UnsupportedOperatorError) as err:
+        import_model(Exotic(), (np.ones((2, 3), np.float32),))
+    msg = str(err.value)
+    assert msg.startswith("Exotic: 2 node(s)")
+    assert "special_erfcx.default" in msg and "cummax.default" in msg and "relu" not in msg
