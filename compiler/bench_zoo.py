@@ -30,6 +30,8 @@ def bench_zoo_model(name: str, size: str, threads: int, repeat: int, workdir: Pa
     from squeezer import zoo
 
     model = zoo.create(name, size=size)
+    if hasattr(model, "condense"):  # CondenseNet deploys in its condensed (group conv) form
+        model = model.condense().eval()
     shape = zoo.spec(name, size).input_shape
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     log(f"{name}: compiling from torch")
