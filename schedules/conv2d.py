@@ -17,11 +17,18 @@ from ._common import (
     is_trivial_binding,
     iter_kinds,
     largest_divisor,
+    num_cores,
     pick_vector_tile,
     schedule_block_generic,
     vector_lanes,
     vectorize_innermost,
     worth_parallel,
+)
+from .conv2d_layout import (
+    depthwise_channel_vec,
+    pack_weight,
+    schedule_depthwise_channel_vec,
+    weight_slabs,
 )
 
 
@@ -122,6 +129,8 @@ class Conv2dNCHW(CPUScheduleRule):
     over input channels and the kernel window through it. Pointwise stride-1 convs fuse the
     rows and columns into one contiguous pixel axis, so 7x7 and 14x14 maps still fill vectors.
     The epilogue (bias, ReLU/clip, residual add) is computed on the tile while it is hot.
+    Weights too large for L2 (deep stages, >= 1 MiB) are tiled by output channels first:
+    each task packs its own weight slab and reuses it for every pixel (conv2d_layout).
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
@@ -162,10 +171,10 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
         sch.transform_block_layout(block, lambda a, b, c, d, e, g, h: (a, b, c * ow + d, e, g, h))
         n, f, x, rc, ry, rx = sch.get_loops(block)
     width = oh * ow if pointwise else ow
-    if _depthwise_channel_vec(info, lanes):
-        _schedule_depthwise_channel_vec(sch, info, target, lanes, out)
+    if depthwise_channel_vec(info, lanes):
+        schedule_depthwise_channel_vec(sch, info, target, lanes, out)
         return
-    yi = 1
+    yi, slabs = 1, False
     channel_vec = not info.depthwise and info.out_per_group % (lanes // 2) == 0
     if channel_vec:
         # Vectors run along output channels: the activations are broadcast scalars, so odd
@@ -175,7 +184,7 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
         xi = largest_divisor(width, cap=min(cap, 14), prefer=(12, 8, 7, 6))
         if not pointwise:
             yi = largest_divisor(oh, cap=max(min(cap // xi, 2), 1))
-        _transpose_weight(sch, block, info.weight, target)
+        slabs = weight_slabs(info, fi, num_cores(target))
         # Channels innermost in the accumulator too, so its vectors are contiguous.
         if pointwise:
             sch.transform_layout(block, ("write", 0), lambda a, b, c: (a, c, b))
@@ -193,15 +202,20 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
     fo, fi_l = sch.split(f, [None, fi])
     xo, xi_l = sch.split(x, [None, xi])
     if pointwise:
-        spatial_outer, inner = [n, xo, fo], [fi_l, xi_l]
+        spatial_outer, inner = [n, fo, xo] if slabs else [n, xo, fo], [fi_l, xi_l]
     else:
         yo, yi_l = sch.split(y, [None, yi])
         inner = [fi_l, yi_l, xi_l]
-        spatial_outer = [n, fo, yo, xo] if info.depthwise else [n, yo, xo, fo]
+        per_f = info.depthwise or slabs
+        spatial_outer = [n, fo, yo, xo] if per_f else [n, yo, xo, fo]
     if channel_vec:
         inner = inner[1:] + inner[:1]
     sch.reorder(*spatial_outer, rc, ry, rx, *inner)
-    if info.depthwise:
+    if slabs:
+        # One task per output-channel tile: it packs its weight slab, then sweeps all pixels.
+        task = sch.fuse(*spatial_outer[:2])
+        tile = sch.fuse(*spatial_outer[2:])
+    elif info.depthwise:
         # One task per channel plane: its padded copy is built once and stays in L2.
         task = sch.fuse(*spatial_outer[:2])
         tile = spatial_outer[-1]
@@ -211,6 +225,8 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
     if worth_parallel(target, work, const_extent(sch, task), macs=True):
         sch.parallel(task)
     sch.reverse_compute_at(out, tile)
+    if channel_vec:
+        pack_weight(sch, block, info.weight, target, fi, at=task if slabs else None)
     if info.padded and info.depthwise:
         sch.compute_at(info.pad, task)
     elif info.padded:
@@ -225,76 +241,3 @@ def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:
     # else: strided lanes would be gathered one by one; LLVM's loop vectorizer shuffles them.
     sch.decompose_reduction(block, rc)
     vectorize_innermost(sch, out, lanes)
-
-
-def _depthwise_channel_vec(info: ConvInfo, lanes: int) -> bool:
-    """Narrow maps (width below one vector) of a padded, multiplier-1 depthwise conv."""
-    _, f, _, ow, rc, _, _ = info.extents
-    return (
-        info.depthwise
-        and info.padded
-        and info.pad is not None
-        and info.out_per_group == 1
-        and rc == 1
-        and f % lanes == 0
-        and info.strides == (1, 1)  # strided: the copy costs more than the vectors win
-        and ow < lanes
-    )
-
-
-def _schedule_depthwise_channel_vec(
-    sch: s_tir.Schedule, info: ConvInfo, target: Target, lanes: int, out: SBlockRV
-) -> None:
-    """Depthwise conv on maps narrower than a vector: vectors run along channels.
-
-    Along the width a 7-, 4- or 2-wide map fills a fraction of a register and each channel
-    plane pays for its own loop nest. Instead each task takes `lanes` channels: it builds
-    their padded input channels-last ([h, w, c]), so one contiguous vector load feeds
-    `lanes` output channels per tap, with the weight transposed to [kh, kw, c] to match.
-    """
-    _, _, oh, ow, _, _, _ = info.extents
-    block = info.block
-    reads = sch.get(block).reads
-    data_idx = next(
-        i
-        for i, r in enumerate(reads)
-        if any(w.source.same_as(r.source) for w in sch.get(info.pad).writes)
-    )
-    sch.transform_layout(block, ("read", data_idx), lambda a, b, c, d: (a, c, d, b))
-    _transpose_weight(sch, block, info.weight, target)
-    sch.transform_layout(block, ("write", 0), lambda a, b, c, d: (a, c, d, b))
-    n, f, y, x, rc, ry, rx = sch.get_loops(block)
-    yi = largest_divisor(oh, cap=max(MAX_ACC_REGS // ow, 1))
-    fo, fi = sch.split(f, [None, lanes])
-    yo, yi_l = sch.split(y, [None, yi])
-    sch.reorder(n, fo, yo, x, rc, ry, rx, yi_l, fi)
-    task = sch.fuse(n, fo)
-    if worth_parallel(target, math.prod(info.extents), const_extent(sch, task), macs=True):
-        sch.parallel(task)
-    sch.reverse_compute_at(out, yo)
-    sch.compute_at(info.pad, task)
-    for loop in (ry, rx, x, yi_l):
-        sch.unroll(loop)
-    sch.vectorize(fi)
-    sch.decompose_reduction(block, rc)
-    vectorize_innermost(sch, out, lanes)
-
-
-def _transpose_weight(
-    sch: s_tir.Schedule, block: SBlockRV, weight: tirx.Buffer, target: Target
-) -> None:
-    """Copy the weight as [rc, kh, kw, f] so a vector of output channels is contiguous.
-
-    The copy costs 1/(OH*OW) of the convolution; the compiler's constant folding of a
-    graph-level layout would remove it, but a PrimFunc cannot change its parameters.
-    """
-    reads = sch.get(block).reads
-    idx = next(i for i, r in enumerate(reads) if r.source.same_as(weight))
-    cache = sch.cache_read(block, idx, "global")
-    sch.transform_layout(block, ("read", idx), lambda f, c, r, s: (c, r, s, f))
-    loops = sch.get_loops(cache)
-    sch.reorder(*loops[1:], loops[0])
-    fused = sch.fuse(*loops[1:])
-    # A plain copy: worth threads only for the large weights of full-size layers.
-    if worth_parallel(target, math.prod(int(s) for s in weight.shape), const_extent(sch, fused)):
-        sch.parallel(fused)

@@ -97,6 +97,11 @@ CONV_CASES = [
     (48, 48, 3, 1, 1, 48, True, nn.ReLU6(), False, 2),  # depthwise 2x2 map, 48 channels
     (8, 16, 3, 1, 1, 2, True, nn.ReLU(), False, 10),  # grouped
     (16, 16, 1, 2, 0, 1, True, None, False, 12),  # strided pointwise (ResNet downsample)
+    # Weights >= 1 MiB: per-task packed weight slabs (conv2d_layout.weight_slabs).
+    (256, 256, 3, 1, 1, 1, True, nn.ReLU(), True, 5),  # 3x3, odd map, residual
+    (128, 256, 3, 2, 1, 1, True, nn.ReLU(), False, 9),  # 3x3 stride 2, odd size
+    (512, 512, 1, 1, 0, 1, True, nn.ReLU(), False, 7),  # pointwise on a 7x7 map
+    (1024, 1024, 3, 1, 1, 32, True, nn.ReLU(), False, 3),  # grouped, 32 channels per group
 ]
 
 
