@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 from tvm_ffi import get_global_func
+
+_log = logging.getLogger("squeezer.schedules")
+
+
+class AnalyzedRule(CPUScheduleRule):
+    """A rule in two steps: ``analyze`` recognizes the operator (None: not applicable), then
+    ``schedule`` transforms it. A schedule that fails on an unforeseen shape makes the rule not
+    applicable, so the next rule (ending in the fallback) takes the function; the failure is
+    logged at debug level on ``squeezer.schedules`` so a broken fast path can be found."""
+
+    def analyze(self, sch: s_tir.Schedule) -> Any | None:
+        raise NotImplementedError
+
+    def schedule(self, sch: s_tir.Schedule, found: Any, target: Target) -> None:
+        raise NotImplementedError
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        found = self.analyze(sch)
+        if found is None:
+            return None
+        try:
+            self.schedule(sch, found, target)
+        except Exception as err:  # noqa: BLE001 - an unforeseen shape: let the next rule try
+            _log.debug("%s failed, next rule applies: %s", type(self).__name__, err)
+            return None
+        return sch
+
 
 _get_realize = get_global_func("s_tir.schedule.GetSBlockRealize")
 _has_if_then_else = get_global_func("s_tir.schedule.HasIfThenElse")

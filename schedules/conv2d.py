@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 
 from tvm import s_tir, sym, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 
 from ._common import (
     MAX_ACC_REGS,
+    AnalyzedRule,
     const_extent,
     inline_injective_chain,
     is_trivial_binding,
@@ -121,7 +121,7 @@ def _producer(sch: s_tir.Schedule, blocks: list[SBlockRV], buf: tirx.Buffer) -> 
     return None
 
 
-class Conv2dNCHW(CPUScheduleRule):
+class Conv2dNCHW(AnalyzedRule):
     """Register-tiled direct convolution, vectorized along output width.
 
     Each parallel task owns an output tile of `fi` channels x `yi` rows x `xi` columns kept
@@ -133,18 +133,11 @@ class Conv2dNCHW(CPUScheduleRule):
     each task packs its own weight slab and reuses it for every pixel (conv2d_layout).
     """
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        info = analyze_conv2d(sch)
-        if info is None:
-            return None
-        try:
-            _schedule(sch, info, target)
-        except Exception:  # noqa: BLE001 - an unforeseen shape: let the next rule try
-            return None
-        return sch
+    def analyze(self, sch: s_tir.Schedule) -> ConvInfo | None:
+        return analyze_conv2d(sch)
+
+    def schedule(self, sch: s_tir.Schedule, found: ConvInfo, target: Target) -> None:
+        _schedule(sch, found, target)
 
 
 def _schedule(sch: s_tir.Schedule, info: ConvInfo, target: Target) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 
 from ._common import (
     MAX_ACC_REGS,
+    AnalyzedRule,
     const_extent,
     inline_injective_chain,
     is_trivial_binding,
@@ -57,25 +57,18 @@ def _find_matmul(sch: s_tir.Schedule) -> tuple[SBlockRV, list[SBlockRV], list[SB
     return block, blocks[:pos], blocks[pos + 1 :]
 
 
-class Matmul(CPUScheduleRule):
+class Matmul(AnalyzedRule):
     """Register-tiled GEMM: `ii` rows x `ji` columns of C in vector accumulators.
 
     The k loop streams a row of A (broadcast) against a contiguous row of B. Tasks are
     ordered column-panel-major so one B panel stays in L2 across the row tiles.
     """
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        found = _find_matmul(sch)
-        if found is None:
-            return None
-        try:
-            _schedule(sch, *found, target)
-        except Exception:  # noqa: BLE001 - an unforeseen shape: let the next rule try
-            return None
-        return sch
+    def analyze(self, sch: s_tir.Schedule):
+        return _find_matmul(sch)
+
+    def schedule(self, sch: s_tir.Schedule, found, target: Target) -> None:
+        _schedule(sch, *found, target)
 
 
 def _schedule(
