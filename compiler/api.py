@@ -25,6 +25,8 @@ def compile(  # noqa: A001 - the public name the brief fixes
     dump_ir: str | os.PathLike | None = None,
     verify: bool = True,
     progress: bool = False,
+    records: Sequence[str | os.PathLike] | None = None,
+    use_records: bool = True,
 ) -> CompiledModule:
     """Compile a model for ``target`` and verify it against the reference.
 
@@ -49,6 +51,11 @@ def compile(  # noqa: A001 - the public name the brief fixes
         :class:`~squeezer.errors.VerificationError` when they differ.
     progress : bool
         Show the pipeline stages with rich.
+    records : list of paths, optional
+        Extra tuning record roots (``squeezer tune --records``), searched before the user's
+        record directory and the shipped ``tuning_logs/``; only ``<root>/<target-key>/`` is read.
+    use_records : bool
+        ``False`` compiles with default schedules only (``--no-records``).
 
     Returns
     -------
@@ -57,7 +64,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
     """
     from squeezer import __version__
     from squeezer.frontend import import_model
-    from squeezer.pipeline import run_pipeline
+    from squeezer.pipeline import default_stages, run_pipeline, tuned_schedule_stage
     from squeezer.summary import layer_table, summarize
     from squeezer.targets import check_threads, detect_host, make_target
     from squeezer.verify import random_inputs
@@ -79,9 +86,17 @@ def compile(  # noqa: A001 - the public name the brief fixes
             if stage == "graph":  # after BN folding, before operators become PrimFuncs
                 layers.extend(layer_table(mod))
 
-        result = run_pipeline(imported.mod, tgt, dump_ir=dump_ir, on_stage=prog.stage,
-                              after_stage=summarize_graph)
         host = detect_host()
+        coverage: list[dict] = []
+        store = None
+        if use_records:
+            from squeezer.tune import records_for_compile
+
+            store = records_for_compile(list(records or []), host.key)
+        stages = default_stages(tuned_schedule_stage(store, coverage) if store else None)
+        result = run_pipeline(imported.mod, tgt, stages=stages, dump_ir=dump_ir,
+                              on_stage=prog.stage, after_stage=summarize_graph)
+        tuning = _tuning_summary(store, coverage, host.key, tgt)
         manifest = {
             "squeezer_version": __version__,
             "tvm_version": tvm.__version__,
@@ -93,7 +108,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
             "source": imported.source,
             "summary": summarize(layers),
             "layers": layers,
-            "tuning_records": [],
+            "tuning": tuning,
             "stage_seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "verified": None,
         }
@@ -108,6 +123,31 @@ def compile(  # noqa: A001 - the public name the brief fixes
             manifest["verified"] = {c.name: {"max_abs": c.max_abs, "max_rel": c.max_rel}
                                     for c in checks}
     return module
+
+
+def _tuning_summary(store, rows: list[dict], key: str, target) -> dict:
+    """What the records covered: share of estimated time, tuned and untuned kernels."""
+    from squeezer.tune.tasks import memory_bandwidth, peak_flops
+
+    peak, bw = peak_flops(target), memory_bandwidth(0.05)
+    kernels = []
+    for r in rows:
+        est = r["tuned_seconds"] if r["tuned"] else r["default_seconds"]
+        estimated_by = "measured" if est is not None else "roofline"
+        if est is None:
+            est = max(r["flops"] / peak, r["bytes"] / bw, 1e-7)
+        kernels.append({"name": r["name"], "calls": r["weight"], "tuned": r["tuned"],
+                        "seconds": est, "estimate": estimated_by,
+                        "default_seconds": r["default_seconds"]})
+    total = sum(k["calls"] * k["seconds"] for k in kernels) or 1.0
+    covered = sum(k["calls"] * k["seconds"] for k in kernels if k["tuned"])
+    return {
+        "target_key": key,
+        "record_dirs": [str(d) for d in store.dirs] if store else [],
+        "records_found": len(store) if store else 0,
+        "coverage": covered / total if kernels else 0.0,
+        "kernels": sorted(kernels, key=lambda k: -k["calls"] * k["seconds"]),
+    }
 
 
 def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModule:

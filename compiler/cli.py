@@ -49,14 +49,128 @@ def cmd_compile(args) -> int:
         dump_ir=args.dump_ir,
         verify=not args.no_verify,
         progress=not args.quiet,
+        records=args.records,
+        use_records=not args.no_records,
     )
     out = mod.save(args.output)
     con = _console(args)
+    _print_coverage(mod.manifest.get("tuning") or {}, args.no_records)
     verified = mod.manifest["verified"]
     note = "not verified (--no-verify)" if verified is None else "verified: " + ", ".join(
         f"{k} max abs err {v['max_abs']:.2g}" for k, v in verified.items())
     con.print(f"wrote {out} ({out.stat().st_size:,} bytes); {note}")
     return 0
+
+
+def _print_coverage(tuning: dict, disabled: bool) -> None:
+    """Coverage of the tuning records; untuned kernels are listed loudly on stderr."""
+    if disabled:
+        print("tuning records not used (--no-records): default schedules", file=sys.stderr)
+        return
+    key = tuning.get("target_key", "?")
+    if not tuning.get("records_found"):
+        dirs = ", ".join(tuning.get("record_dirs", [])) or "-"
+        print(f"no tuning records for CPU class {key} (looked in {dirs}): compiled with default "
+              "schedules; run `squeezer tune` for tuned speed", file=sys.stderr)
+        return
+    kernels = tuning.get("kernels", [])
+    cov = tuning.get("coverage", 0.0)
+    tuned = sum(1 for k in kernels if k["tuned"])
+    print(f"tuning records ({key}): {tuned}/{len(kernels)} kernels tuned, covering "
+          f"{cov:.0%} of the estimated time", file=sys.stderr)
+    untuned = [k for k in kernels if not k["tuned"]]
+    if untuned and cov < 0.999:
+        total = sum(k["calls"] * k["seconds"] for k in kernels) or 1.0
+        print(f"WARNING: {len(untuned)} kernel(s) use default schedules (no record, or none "
+              "faster than the default):", file=sys.stderr)
+        for k in untuned[:10]:
+            share = k["calls"] * k["seconds"] / total
+            print(f"  {k['name']:40s} {share:6.1%} of est. time ({k['estimate']})",
+                  file=sys.stderr)
+        if len(untuned) > 10:
+            print(f"  ... and {len(untuned) - 10} more (squeezer info --json)", file=sys.stderr)
+
+
+def cmd_tune(args) -> int:
+    from squeezer.frontend import parse_input_shapes
+    from squeezer.tune import parse_duration, tune
+    from squeezer.tune.progress import TuneDisplay, task_table
+
+    model, example, stem = _tune_model(args.model)
+    con = _console(args)
+    display = TuneDisplay(con, quiet=args.quiet)
+    try:
+        result = tune(
+            model,
+            example_inputs=example,
+            input_shapes=parse_input_shapes(args.input_shape),
+            trials=args.trials,
+            threads=args.threads,
+            records=args.records,
+            rpc=args.rpc,
+            key=args.key,
+            time_budget=parse_duration(args.time_budget) if args.time_budget else None,
+            warm_start=not args.no_warm_start,
+            per_iter=args.per_iter,
+            seed=args.seed,
+            on_event=display,
+            model_name=stem,
+        )
+    finally:
+        display.close()
+    con.print(task_table(result.tasks, f"tuned {stem}: {result.trials_run} trials, "
+                                       f"{result.elapsed:.0f}s, stopped by {result.stop_reason}"))
+    before, after = result.model_seconds(False), result.model_seconds(True)
+    if before and after:
+        con.print(f"estimated model latency: default {before * 1e3:.3f} ms -> tuned "
+                  f"{after * 1e3:.3f} ms ({before / after:.2f}x)")
+    if result.trials_run:
+        from squeezer.tune.report import plot_curves
+
+        png = Path(args.png or f"tune-{stem}.png")
+        plot_curves(result.tasks, png, title=f"{stem} ({result.target_key})")
+        con.print(f"records in {result.records_dir}; curves in {png}")
+    if result.stop_reason == "interrupted":
+        print("squeezer tune: interrupted; the measured records are kept, run the same command "
+              "to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _tune_model(spec: str):
+    """A model path, or ``zoo:NAME`` (full size) / ``zoo:NAME:small`` (a zoo model from torch)."""
+    if not spec.startswith("zoo:"):
+        return spec, None, Path(spec).stem
+    import numpy as np
+    import torch
+
+    from squeezer import zoo
+    from squeezer.errors import SqueezerError
+
+    parts = spec.split(":")
+    name = parts[1]
+    size = parts[2] if len(parts) > 2 else "full"
+    try:
+        model = zoo.create(name, size=size)
+    except ValueError as e:
+        raise SqueezerError(f"{spec}: {e}") from None
+    if hasattr(model, "condense"):
+        model = model.condense().eval()
+    shape = zoo.spec(name, size).input_shape
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    return model, (x,), f"{name}-{size}"
+
+
+def cmd_tune_report(args) -> int:
+    from squeezer.tune.report import cmd_tune_report as run
+
+    return run(args, _console(args))
+
+
+def cmd_farm(args) -> int:
+    from squeezer.tune.farm import cmd_farm as run
+
+    return run(args, _console(args))
 
 
 def cmd_run(args) -> int:
@@ -157,7 +271,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help=".npz of inputs used for verification (default: random)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the module after each stage")
     p.add_argument("--no-verify", action="store_true", help="skip the check against the reference")
+    p.add_argument("--records", action="append", metavar="DIR",
+                   help="tuning record root to apply (repeatable; the user's and the shipped "
+                        "records are always searched)")
+    p.add_argument("--no-records", action="store_true", help="default schedules only")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("tune", parents=[common],
+                       help="search schedules by measured latency, write tuning records")
+    p.add_argument("model", help="model.onnx, model.pt2, or zoo:NAME (full-size zoo model)")
+    p.add_argument("--target", default="cpu", choices=["cpu"])
+    p.add_argument("--trials", type=_nonneg_int, default=2000,
+                   help="measured candidates in this run, all tasks together (0: list tasks "
+                        "and measure the defaults only)")
+    p.add_argument("--records", metavar="DIR", help="record root (default: the user's data dir, "
+                   "or $SQUEEZER_RECORDS); records go to DIR/<target-key>/")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="measure through this RPC tracker")
+    p.add_argument("--key", help="device key of the RPC servers (with --rpc)")
+    p.add_argument("--time-budget", metavar="DURATION", help="stop after e.g. 30m, 2h, 90s")
+    p.add_argument("--threads", type=_positive_int, help="threads (default: all cores)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    p.add_argument("--per-iter", type=_positive_int, default=64, help="candidates per batch")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="do not pre-train the cost model on the shipped records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--png", help="tuning-curve plot to write (default tune-<model>.png)")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("tune-report", parents=[common],
+                       help="table and PNG of tuning curves, rebuilt from a record directory")
+    p.add_argument("records", metavar="DIR", help="record directory (or a root holding one)")
+    p.add_argument("--png", help="plot to write (default tune-report-<key>.png in the current directory)")
+    p.add_argument("--json", metavar="FILE", help="write the per-task rows as JSON")
+    p.set_defaults(func=cmd_tune_report)
+
+    p = sub.add_parser("farm", parents=[common],
+                       help="start/stop a local RPC tracker and servers for measurement")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--servers", type=_positive_int, default=1)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=_positive_int, default=9190, help="tracker port")
+    p.add_argument("--key", default="local", help="device key the servers register with")
+    p.add_argument("--state", help="state file (default: the user's runtime dir)")
+    p.set_defaults(func=cmd_farm)
 
     p = sub.add_parser("run", parents=[common], help="run an artifact on inputs from an .npz")
     p.add_argument("artifact")
@@ -195,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the table as JSON")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:

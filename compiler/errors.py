@@ -32,3 +32,7 @@ class VerificationError(SqueezerError):
 
 class RecipeError(SqueezerError):
     """A compression recipe is malformed: unknown method or field, wrong type."""
+
+
+class TuningError(SqueezerError):
+    """A tuning run cannot start or go on: bad budget, unreachable tracker, unusable records."""

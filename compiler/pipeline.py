@@ -3,8 +3,9 @@
 ``import`` (done by the frontend) -> ``graph`` -> ``legalize`` -> ``schedule`` -> ``build``.
 Each stage maps an IRModule to an IRModule, except ``build``, whose lowered module is dumped
 before it becomes an ``Executable``. ``--dump-ir DIR`` writes the module after each stage as
-``NN-stage.py`` (TVMScript). The tuner (a later issue) reuses these stages and swaps the
-``schedule`` stage's default schedules for tuned records.
+``NN-stage.py`` (TVMScript). The tuner extracts its tasks after ``legalize`` (see
+``squeezer.tune.tasks``); the ``schedule`` stage applies tuning records that beat the default
+schedule and gives every other PrimFunc squeezer's default schedule.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def legalize_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),
+            # Weights may be re-laid-out by tuned kernels (folded into the constants after the
+            # records are applied); the attribute is part of the tuning workloads' identity.
+            relax.transform.AttachAttrLayoutFreeBuffers(),
         ]
     )
     with target:
@@ -57,6 +61,19 @@ def schedule_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule
         return default_schedule_pass(target)(mod)
 
 
+def tuned_schedule_stage(store, coverage: list[dict]) -> StageFn:
+    """The schedule stage with tuning records: ``coverage`` receives one row per kernel."""
+
+    def run(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+        from squeezer.tune.tasks import apply_records
+
+        mod, rows = apply_records(mod, target, store)
+        coverage.extend(rows)
+        return schedule_stage(mod, target)
+
+    return run
+
+
 def lower_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 
@@ -65,12 +82,12 @@ def lower_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return seq(mod)
 
 
-def default_stages() -> list[Stage]:
-    """The CPU pipeline after import."""
+def default_stages(schedule: StageFn | None = None) -> list[Stage]:
+    """The CPU pipeline after import (``schedule`` replaces the default schedule stage)."""
     return [
         Stage("graph", graph_stage),
         Stage("legalize", legalize_stage),
-        Stage("schedule", schedule_stage),
+        Stage("schedule", schedule or schedule_stage),
         Stage("build", lower_stage),
     ]
 

@@ -51,7 +51,10 @@ def default_schedule_pass(target: Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="squeezer.DefaultCPUSchedule")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        # dlight updates the module it is given in place: work on a shallow copy so the caller's
+        # module (a tuning task, a module kept for a report) stays unscheduled.
+        copy = tvm.IRModule(dict(mod.functions), attrs=mod.attrs, global_infos=mod.global_infos)
         with target:
-            return apply(mod)
+            return apply(copy)
 
     return _pass

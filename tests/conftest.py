@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("SQUEEZER_CACHE", os.path.join(os.path.dirname(__file__), ".cache"))
+# Tuning records a test writes never land in the user's record directory.
+os.environ.setdefault("SQUEEZER_RECORDS", os.path.join(os.path.dirname(__file__), ".cache",
+                                                       "records"))
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
 THREADS = 2
