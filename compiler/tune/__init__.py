@@ -147,6 +147,9 @@ def tune(
     if time_budget is not None and time_budget <= 0:
         raise TuningError(f"--time-budget must be positive, got {time_budget!r}")
     emit = on_event or (lambda kind, **info: None)
+    from squeezer.tune._fastimport import import_tensor_intrinsics
+
+    import_tensor_intrinsics()
     threads = check_threads(threads)
     host = detect_host()
     target = make_target(threads, host)
@@ -297,7 +300,10 @@ def _make_builder_runner(threads: int, rpc: str | None, key: str | None, timeout
 
 
 def _quiet_worker() -> None:
+    from squeezer.tune._fastimport import import_tensor_intrinsics
+
     logging.getLogger("tvm").setLevel(logging.ERROR)
+    import_tensor_intrinsics()
 
 
 class _runner_init:  # noqa: N801 - a picklable initializer for the popen worker
@@ -306,6 +312,7 @@ class _runner_init:  # noqa: N801 - a picklable initializer for the popen worker
 
     def __call__(self) -> None:
         os.environ["TVM_NUM_THREADS"] = str(self.threads)
+        _quiet_worker()
 
 
 def _measure_defaults(tasks, target, builder, runner, store: RecordStore, emit) -> None:
