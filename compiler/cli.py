@@ -125,10 +125,11 @@ def cmd_tune(args) -> int:
         con.print(f"estimated model latency: default {before * 1e3:.3f} ms -> tuned "
                   f"{after * 1e3:.3f} ms ({before / after:.2f}x)")
     if result.trials_run:
-        from squeezer.tune.report import plot_curves
+        from squeezer.tune.report import load_report, plot_curves
 
         png = Path(args.png or f"tune-{stem}.png")
-        plot_curves(result.tasks, png, title=f"{stem} ({result.target_key})")
+        timeline = load_report(result.records_dir).timeline  # exact trial order, from the file
+        plot_curves(result.tasks, png, title=f"{stem} ({result.target_key})", timeline=timeline)
         con.print(f"records in {result.records_dir}; curves in {png}")
     if result.stop_reason == "interrupted":
         print("squeezer tune: interrupted; the measured records are kept, run the same command "
@@ -165,6 +166,19 @@ def cmd_tune_report(args) -> int:
     from squeezer.tune.report import cmd_tune_report as run
 
     return run(args, _console(args))
+
+
+def cmd_tune_pack(args) -> int:
+    from squeezer.tune.records import pack
+    from squeezer.tune.report import resolve_dir
+
+    out = pack(resolve_dir(args.records))
+    con = _console(args)
+    for name, (lines, size) in out.items():
+        con.print(f"{name}.gz: {lines} lines, {size:,} bytes")
+    if not out:
+        con.print("nothing to pack")
+    return 0
 
 
 def cmd_farm(args) -> int:
@@ -301,9 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune-report", parents=[common],
                        help="table and PNG of tuning curves, rebuilt from a record directory")
     p.add_argument("records", metavar="DIR", help="record directory (or a root holding one)")
-    p.add_argument("--png", help="plot to write (default tune-report-<key>.png in the current directory)")
+    p.add_argument("--png", help="plot to write (default: tune-report-<key>.png here)")
     p.add_argument("--json", metavar="FILE", help="write the per-task rows as JSON")
     p.set_defaults(func=cmd_tune_report)
+
+    p = sub.add_parser("tune-pack", parents=[common],
+                       help="compress a record directory's logs into .jsonl.gz (for shipping)")
+    p.add_argument("records", metavar="DIR", help="record directory (or a root holding one)")
+    p.set_defaults(func=cmd_tune_pack)
 
     p = sub.add_parser("farm", parents=[common],
                        help="start/stop a local RPC tracker and servers for measurement")

@@ -144,9 +144,9 @@ def test_records_of_another_version_are_ignored(tmp_path, caplog):
 
 
 def test_compile_without_records_for_the_cpu_class(tmp_path, capsys):
-    from squeezer.cli import main
-
     import torch
+
+    from squeezer.cli import main
 
     x = small_input()
     torch.onnx.export(small_model(), (torch.from_numpy(x),), str(tmp_path / "m.onnx"),
@@ -308,3 +308,30 @@ def test_sigkill_mid_run_loses_at_most_the_batch_and_resumes(tmp_path):
 def test_records_for_other_cpu_classes_are_not_applied(tmp_path):
     store = records_for_compile([tmp_path], "x86-avx2")
     assert all(str(d).endswith("x86-avx2") for d in store.dirs)
+
+
+def test_pack_folds_logs_into_gzip_and_keeps_every_record(tmp_path):
+    from squeezer.tune.records import pack
+
+    mod = _norm(matmul)
+    store = RecordStore(write_dir=tmp_path)
+    wl = store.commit_task(mod, "matmul")
+    args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    target = tvm.target.Target("llvm")
+    workload = store._keys[wl]
+    for secs in (3e-3, 1e-3, 2e-3):
+        store.commit_tuning_record(ms.database.TuningRecord(_record(mod, secs), workload, [secs],
+                                                            target, args))
+    store.commit_baseline(mod, 4e-3)
+    out = pack(tmp_path)
+    assert out[RECORDS][0] == 3 and (tmp_path / (RECORDS + ".gz")).exists()
+    assert (tmp_path / RECORDS).stat().st_size == 0
+    # new records keep going to the plain file; both are read
+    again = RecordStore(write_dir=tmp_path)
+    again.commit_tuning_record(ms.database.TuningRecord(_record(mod, 5e-4), again._keys[wl],
+                                                        [5e-4], target, args))
+    final = RecordStore(read_dirs=[tmp_path])
+    assert len(final.measurements) == 4
+    assert final.best_seconds(mod) == pytest.approx(5e-4)
+    assert final.baselines[wl] == pytest.approx(4e-3)
+    assert final.task_names[wl] == "matmul"

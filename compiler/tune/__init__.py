@@ -64,7 +64,8 @@ def records_for_compile(extra: list[str | Path] | None, key: str) -> RecordStore
 
 def _key_dir(root: Path, key: str) -> Path:
     """``root/key`` unless ``root`` already is a key directory (holds records itself)."""
-    if (root / "records.jsonl").exists() or root.name == key:
+    if (root / "records.jsonl").exists() or (root / "records.jsonl.gz").exists() \
+            or root.name == key:
         return root
     return root / key
 
@@ -296,6 +297,11 @@ def _make_builder_runner(threads: int, rpc: str | None, key: str | None, timeout
                                  session_timeout_sec=timeout)
     runner = ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
                                  max_workers=max(1, servers))
+    from tvm.support.popen_pool import PopenPoolExecutor
+
+    # TVM's RPCRunner pool has no timeout: a request for a key whose servers all died would
+    # wait in the tracker's queue forever. Bounded, it comes back as a failed measurement.
+    runner.pool = PopenPoolExecutor(max_workers=max(1, servers), timeout=3 * timeout + 30)
     return builder, runner, {"host": host, "port": port, "key": key, "servers": servers}
 
 
@@ -333,7 +339,7 @@ def _measure_defaults(tasks, target, builder, runner, store: RecordStore, emit) 
     emit("baseline", count=len(todo))
     built = builder.build(inputs)
     run_inputs, ran = [], []
-    for t, b in zip(todo, built):
+    for t, b in zip(todo, built, strict=True):
         if b.error_msg:
             log.warning("task %s: the default schedule did not build: %s", t.name,
                         b.error_msg.strip().splitlines()[-1])
@@ -342,7 +348,7 @@ def _measure_defaults(tasks, target, builder, runner, store: RecordStore, emit) 
         run_inputs.append(ms.runner.RunnerInput(b.artifact_path, "cpu", args))
         ran.append((t, b))
     futures = runner.run(run_inputs)
-    for (t, b), fut in zip(ran, futures):
+    for (t, b), fut in zip(ran, futures, strict=True):
         res = fut.result()
         shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
         if res.error_msg or not res.run_secs:

@@ -14,6 +14,7 @@ with the tasks it has just tuned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,7 +86,12 @@ def model_seconds(tasks: Sequence[Task], tuned: bool) -> float | None:
 
 # --- loading ------------------------------------------------------------------------------------
 def _is_key_dir(directory: Path) -> bool:
-    return (directory / RECORDS).is_file()
+    return (directory / RECORDS).is_file() or (directory / (RECORDS + ".gz")).is_file()
+
+
+def resolve_dir(directory: str | Path) -> Path:
+    """:func:`resolve_key_dir` (the name the CLI commands use)."""
+    return resolve_key_dir(directory)
 
 
 def resolve_key_dir(directory: str | Path) -> Path:
@@ -117,16 +123,25 @@ def resolve_key_dir(directory: str | Path) -> Path:
 def _workload_json(path: Path) -> dict[str, list]:
     """Workload JSON by key, first line wins; corrupt lines were already warned about."""
     out: dict[str, list] = {}
-    if not path.exists():
-        return out
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+    with _quiet():
+        for _, obj in read_lines(path):  # also the packed .gz
             try:
-                obj = json.loads(line)
                 out.setdefault(str(obj["key"]), obj["workload"])
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 continue
     return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence ``squeezer.tune`` warnings for a second pass over lines already warned about."""
+    logger = logging.getLogger("squeezer.tune")
+    old = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = old
 
 
 def _run_tasks(runs: list[dict]) -> dict[str, dict]:

@@ -53,7 +53,7 @@ def allocate(tasks: list[Task], total: int, per_iter: int, bounds: list[float]) 
              for i in range(n)]
     rest = max(total - sum(floor), 0)
     gains = []
-    for t, bound in zip(tasks, bounds):
+    for t, bound in zip(tasks, bounds, strict=True):
         cur = t.best_seconds or t.default_seconds or bound * 4
         if t.default_seconds is not None and t.best_seconds is not None:
             cur = min(cur, t.default_seconds)
@@ -61,7 +61,7 @@ def allocate(tasks: list[Task], total: int, per_iter: int, bounds: list[float]) 
     g = sum(gains)
     if g <= 0:
         gains, g = [float(t.weight) for t in tasks], float(sum(t.weight for t in tasks))
-    alloc = [f + int(rest * gi / g) for f, gi in zip(floor, gains)]
+    alloc = [f + int(rest * gi / g) for f, gi in zip(floor, gains, strict=True)]
     # hand out what rounding left to the largest gains
     left = total - sum(alloc)
     for i in sorted(range(n), key=lambda i: -gains[i])[: max(left, 0)]:
@@ -93,7 +93,7 @@ class GainScheduler(PyTaskScheduler):
         total = self.budget.trials + sum(self.already)
         alloc = allocate(self.tasks, total, self.budget.per_iter, self.bounds)
         best, best_gap = -1, 0
-        for tid, (task, a) in enumerate(zip(self.tasks, alloc)):
+        for tid, (task, a) in enumerate(zip(self.tasks, alloc, strict=True)):
             if outer.tasks_[tid].is_terminated:
                 continue
             gap = a - task.trials
@@ -119,7 +119,7 @@ class ProgressCallback(PyMeasureCallback):
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
         task = self.tasks[task_id]
-        for b, r in zip(builder_results, runner_results):
+        for b, r in zip(builder_results, runner_results, strict=True):
             task.trials += 1
             self.budget.done += 1
             secs = [float(s) for s in (r.run_secs or [])]

@@ -50,7 +50,8 @@ class Task:
             shape = getattr(buf, "shape", None)
             if shape is None:
                 continue
-            dims = ",".join(str(int(d)) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in shape)
+            dims = ",".join(str(int(d)) if isinstance(d, tvm.tirx.IntImm) else str(d)
+                            for d in shape)
             shapes.append(f"{buf.dtype}[{dims}]")
         if not shapes:
             return ""
