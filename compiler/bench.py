@@ -27,6 +27,7 @@ class Row:
     min_ms: float
     max_ms: float
     threads: int
+    note: str = ""
 
 
 def time_call(fn: Callable[[], object], repeat: int = 50, warmup: int = 5) -> tuple[float, ...]:
@@ -99,13 +100,16 @@ def table(rows: Sequence[Row], title: str = "benchmark", baseline: str = "squeez
     from rich.table import Table
 
     t = Table(title=f"{title} (median of repeats; ratio > 1: {baseline} is faster)")
-    for col in ("case", "impl", "median ms", "min ms", "max ms", "threads", f"vs {baseline}"):
-        t.add_column(col, justify="left" if col in ("case", "impl") else "right")
+    notes = any(r.note for r in rows)
+    cols = ["case", "impl", "median ms", "min ms", "max ms", "threads", f"vs {baseline}"]
+    for col in cols + (["note"] if notes else []):
+        t.add_column(col, justify="left" if col in ("case", "impl", "note") else "right")
     base = {r.case: r.median_ms for r in rows if r.impl == baseline}
     for r in rows:
         ratio = f"{r.median_ms / base[r.case]:.2f}x" if r.case in base else "-"
-        t.add_row(r.case, r.impl, f"{r.median_ms:.3f}", f"{r.min_ms:.3f}", f"{r.max_ms:.3f}",
-                  str(r.threads), ratio)
+        cells = [r.case, r.impl, f"{r.median_ms:.3f}", f"{r.min_ms:.3f}", f"{r.max_ms:.3f}",
+                 str(r.threads), ratio]
+        t.add_row(*cells, *([r.note] if notes else []))
     return t
 
 

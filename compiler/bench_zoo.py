@@ -3,6 +3,7 @@ verified against torch and onnxruntime, then timed against both peers at the sam
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -36,13 +37,18 @@ def bench_zoo_model(name: str, size: str, threads: int, repeat: int, workdir: Pa
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     log(f"{name}: compiling from torch")
     compiled = squeezer.compile(model, (torch.from_numpy(x),), threads=threads)
+    log(f"{name}: compiling from torch without tuning records")
+    untuned = squeezer.compile(model, (torch.from_numpy(x),), threads=threads, use_records=False)
+    coverage = (compiled.manifest.get("tuning") or {}).get("coverage", 0.0)
     onnx_path = export_onnx(model, x, workdir / f"{name}.onnx")
     log(f"{name}: compiling from ONNX")
     squeezer.compile(onnx_path, (x,), threads=threads)
     log(f"{name}: timing")
     case = f"{name}-{size}"
+    tuned_row = row(case, "squeezer", squeezer_runner(compiled, [x]), threads, repeat)
     return [
-        row(case, "squeezer", squeezer_runner(compiled, [x]), threads, repeat),
+        dataclasses.replace(tuned_row, note=f"tuning records cover {coverage:.0%}"),
+        row(case, "squeezer-untuned", squeezer_runner(untuned, [x]), threads, repeat),
         row(case, "onnxruntime", onnxruntime_runner(onnx_path, ["input"], [x], threads),
             threads, repeat),
         row(case, "torch", torch_runner(model, [x], threads), threads, repeat),
@@ -69,6 +75,7 @@ def run_zoo_suite(args, console) -> list[Row]:
                                         log=lambda m, s=status: s.update(m))
             r = {x.impl: x.median_ms for x in rows if x.case == f"{name}-full"}
             console.print(f"{name}: verified (torch and ONNX paths); squeezer "
-                          f"{r['squeezer']:.2f} ms, onnxruntime {r['onnxruntime']:.2f} ms, "
-                          f"torch {r['torch']:.2f} ms")
+                          f"{r['squeezer']:.2f} ms (default schedules "
+                          f"{r['squeezer-untuned']:.2f} ms), onnxruntime "
+                          f"{r['onnxruntime']:.2f} ms, torch {r['torch']:.2f} ms")
     return rows

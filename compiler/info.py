@@ -41,7 +41,7 @@ def info_tables(path: str | Path, contents: ArtifactContents) -> list:
         ("parameters", f"{summary.get('params', 0):,} ({_human(summary.get('param_bytes', 0))}B)"),
         ("FLOPs", _human(summary.get("flops", 0))),
         ("artifact bytes", f"{Path(path).stat().st_size:,}"),
-        ("tuning records", str(len(m.get("tuning_records", [])))),
+        ("tuning", _tuning(m.get("tuning") or {})),
         ("verified", "no" if not m.get("verified") else ", ".join(
             f"{k}: max abs {v['max_abs']:.2g}" for k, v in m["verified"].items())),
         ("created", str(m.get("created"))),
@@ -58,3 +58,12 @@ def info_tables(path: str | Path, contents: ArtifactContents) -> list:
                        _shape(r["output"]), f"{r['params']:,}", _human(r["bytes"]),
                        _human(r["flops"]))
     return [t, layers]
+
+
+def _tuning(t: dict) -> str:
+    kernels = t.get("kernels", [])
+    if not kernels:
+        return "default schedules (no records)"
+    tuned = sum(1 for k in kernels if k.get("tuned"))
+    return (f"{tuned}/{len(kernels)} kernels from records ({t.get('target_key')}), "
+            f"{t.get('coverage', 0.0):.0%} of the estimated time")
