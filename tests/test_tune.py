@@ -143,11 +143,14 @@ def test_records_of_another_version_are_ignored(tmp_path, caplog):
     assert again.best_seconds(mod) == pytest.approx(1e-3)
 
 
-def test_compile_without_records_for_the_cpu_class(tmp_path, capsys):
+def test_compile_without_records_for_the_cpu_class(tmp_path, capsys, monkeypatch):
     import torch
 
     from squeezer.cli import main
 
+    # no shipped records and an empty user directory for this CPU class
+    monkeypatch.setattr("squeezer.tune.shipped_records_root", lambda: tmp_path / "shipped")
+    monkeypatch.setenv("SQUEEZER_RECORDS", str(tmp_path / "user"))
     x = small_input()
     torch.onnx.export(small_model(), (torch.from_numpy(x),), str(tmp_path / "m.onnx"),
                       dynamo=False, input_names=["input"])
@@ -234,9 +237,10 @@ def test_trials_zero_lists_tasks_and_measures_defaults(tmp_path):
     assert count_lines(d / "baselines.jsonl") == 2
 
 
-def test_tune_resume_and_compile_applies_records(tmp_path):
+def test_tune_resume_and_compile_applies_records(tmp_path, monkeypatch):
     import squeezer
 
+    monkeypatch.setattr("squeezer.tune.shipped_records_root", lambda: tmp_path / "shipped")
     model, x = small_model(), small_input()
     first = tune(model, example_inputs=(x,), trials=8, per_iter=4, records=tmp_path,
                  threads=THREADS, warm_start=False)
@@ -328,7 +332,8 @@ def test_pack_folds_logs_into_gzip_and_keeps_every_record(tmp_path):
     assert (tmp_path / RECORDS).stat().st_size == 0
     # new records keep going to the plain file; both are read
     again = RecordStore(write_dir=tmp_path)
-    again.commit_tuning_record(ms.database.TuningRecord(_record(mod, 5e-4), again._keys[wl],
+    again.commit_tuning_record(ms.database.TuningRecord(_record(mod, 5e-4),
+                                                        again.commit_workload(mod),
                                                         [5e-4], target, args))
     final = RecordStore(read_dirs=[tmp_path])
     assert len(final.measurements) == 4

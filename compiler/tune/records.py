@@ -40,6 +40,7 @@ from pathlib import Path
 
 import tvm
 import tvm.s_tir.meta_schedule as ms
+import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule import _ffi_api as ms_ffi
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
@@ -85,11 +86,6 @@ def _plain(obj):
 
 def record_json(record: TuningRecord) -> list:
     return _plain(ms_ffi.TuningRecordAsJSON(record))
-
-
-def workload_key(mod: tvm.IRModule) -> str:
-    """The structural hash MetaSchedule uses for ``mod`` (a normalized one-function module)."""
-    return str(Workload(mod).as_json()[0])
 
 
 @dataclass(frozen=True)
@@ -206,6 +202,10 @@ class RecordStore(PyDatabase):
     read_dirs : directories whose records are loaded (missing ones are fine).
     write_dir : directory that receives new workloads, records and baselines; it is also read.
         ``None`` makes the store read-only (compile).
+
+    Lines are read eagerly, but a record's trace is only parsed (about 10 ms each) when its
+    workload is asked for: ``compile`` parses one record per kernel of the model, a tuning run
+    the records of its own tasks, however many other models' records the directories hold.
     """
 
     def __init__(self, read_dirs: Iterable[str | Path] = (), write_dir: str | Path | None = None):
@@ -217,21 +217,27 @@ class RecordStore(PyDatabase):
         self.dirs = dirs
         self.memory = ms.database.MemoryDatabase()
         self._keys: dict[str, Workload] = {}  # workload hash -> workload in self.memory
+        self._wl_json: dict[str, list] = {}  # workload hash -> MetaSchedule workload JSON
+        self._raw: dict[str, list[tuple[float, list, Path, int]]] = defaultdict(list)
+        self._parsed: dict[str, int] = defaultdict(int)  # raw records parsed, best first
+        self._best: dict[str, float] = {}  # best working latency per workload
         self.task_names: dict[str, str] = {}
         self.measurements: list[Measurement] = []
         self.baselines: dict[str, float] = {}  # workload hash -> default-schedule seconds
         self.ignored_versions: dict[tuple[str, str], int] = defaultdict(int)
+        self._pending_name: str | None = None
         for d in dirs:
             self._load(d)
 
     # --- loading ---------------------------------------------------------------------------
     def _load(self, directory: Path) -> None:
         here = versions()
-        wl_json: dict[str, list] = {}
         for number, obj in read_lines(directory / WORKLOADS):
             try:
                 key, js = str(obj["key"]), obj["workload"]
-                wl_json[key] = js
+                if not isinstance(js, list):
+                    raise TypeError("workload is not a list")
+                self._wl_json.setdefault(key, js)
                 self.task_names.setdefault(key, str(obj.get("name", "")))
             except (KeyError, TypeError) as e:
                 log.warning("%s:%d: skipped a corrupt workload line (%s)", directory / WORKLOADS,
@@ -244,15 +250,19 @@ class RecordStore(PyDatabase):
                 continue
             try:
                 key = str(obj["workload"])
-                workload = self._workload(key, wl_json)
-                record = TuningRecord.from_json(obj["record"], workload)
-                self.memory.commit_tuning_record(record)
-                secs = [float(s) for s in (record.run_secs or [FAILED_SECS])]
-                self.measurements.append(Measurement(key, sum(secs) / len(secs), directory))
-            except Exception as e:  # noqa: BLE001 - any malformed record is skipped, not fatal
-                msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                rec = obj["record"]
+                if key not in self._wl_json:
+                    raise KeyError(f"workload {key} is not in {WORKLOADS}")
+                secs = [float(x) for x in (rec[1] or [FAILED_SECS])]
+                mean = sum(secs) / len(secs)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
                 log.warning("%s:%d: skipped an unreadable tuning record (%s)",
-                            directory / RECORDS, number, msg)
+                            directory / RECORDS, number, e)
+                continue
+            self._raw[key].append((mean, rec, directory, number))
+            self.measurements.append(Measurement(key, mean, directory))
+            if mean < FAILED_SECS and mean < self._best.get(key, FAILED_SECS):
+                self._best[key] = mean
         for number, obj in read_lines(directory / BASELINES):
             ver = (str(obj.get("squeezer")), str(obj.get("tvm")))
             if ver != (here["squeezer"], here["tvm"]):
@@ -270,19 +280,38 @@ class RecordStore(PyDatabase):
                 directory / RECORDS, n, sq, tv, here["squeezer"], here["tvm"],
             )
 
-    def _workload(self, key: str, wl_json: dict[str, list]) -> Workload:
+    def _workload(self, key: str) -> Workload:
         if key in self._keys:
             return self._keys[key]
-        if key not in wl_json:
-            raise KeyError(f"workload {key} is not in {WORKLOADS}")
-        mod = Workload.from_json(wl_json[key]).mod
+        mod = Workload.from_json(self._wl_json[key]).mod
         workload = self.memory.commit_workload(mod)
         self._keys[key] = workload
         return workload
 
+    def _ensure(self, key: str, limit: int | None = None) -> None:
+        """Parse the stored records of ``key`` into the in-memory database, best first."""
+        raw = self._raw.get(key)
+        if not raw or (limit is not None and self._parsed[key] >= limit):
+            return
+        if self._parsed[key] == 0:
+            raw.sort(key=lambda r: r[0])
+        workload = self._workload(key)
+        stop = len(raw) if limit is None else min(limit, len(raw))
+        while self._parsed[key] < stop:
+            _, rec, directory, number = raw[self._parsed[key]]
+            self._parsed[key] += 1
+            try:
+                self.memory.commit_tuning_record(TuningRecord.from_json(rec, workload))
+            except Exception as e:  # noqa: BLE001 - any malformed record is skipped, not fatal
+                msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                log.warning("%s:%d: skipped an unreadable tuning record (%s)",
+                            directory / RECORDS, number, msg)
+                if self._parsed[key] == 1 and len(raw) > 1:
+                    stop = min(stop + 1, len(raw))  # the best one was bad: take the next
+
     # --- PyDatabase interface --------------------------------------------------------------
     def has_workload(self, mod: tvm.IRModule) -> bool:
-        return self.memory.has_workload(mod)
+        return workload_hash(mod) in self._wl_json or self.memory.has_workload(mod)
 
     def commit_task(self, mod: tvm.IRModule, name: str) -> str:
         """Commit ``mod`` as the workload of the task ``name``; returns its hash."""
@@ -293,34 +322,45 @@ class RecordStore(PyDatabase):
             self._pending_name = None
 
     def commit_workload(self, mod: tvm.IRModule) -> Workload:
-        new = not self.memory.has_workload(mod)
+        key = workload_hash(mod)
+        if key in self._wl_json:
+            workload = self._workload(key)
+            self._ensure(key)  # a tuning run: all its stored records, for search and dedup
+            return workload
         workload = self.memory.commit_workload(mod)
-        key = str(workload.as_json()[0])
-        self._keys.setdefault(key, workload)
-        if new and self.write_dir is not None:
-            name = getattr(self, "_pending_name", None) or _func_name(mod)
-            self.task_names.setdefault(key, name)
+        self._keys[key] = workload
+        self._wl_json[key] = workload.as_json()
+        name = self._pending_name or _func_name(mod)
+        self.task_names.setdefault(key, name)
+        if self.write_dir is not None:
             append_lines(self.write_dir / WORKLOADS,
-                         [{"key": key, "name": name, "workload": workload.as_json()}])
+                         [{"key": key, "name": name, "workload": self._wl_json[key]}])
         return workload
 
     def commit_tuning_record(self, record: TuningRecord) -> None:
         self.memory.commit_tuning_record(record)
         key = str(record.workload.as_json()[0])
         secs = [float(s) for s in (record.run_secs or [FAILED_SECS])]
-        self.measurements.append(Measurement(key, sum(secs) / len(secs), self.write_dir))
+        mean = sum(secs) / len(secs)
+        self.measurements.append(Measurement(key, mean, self.write_dir))
+        if mean < FAILED_SECS and mean < self._best.get(key, FAILED_SECS):
+            self._best[key] = mean
         if self.write_dir is not None:
             append_lines(self.write_dir / RECORDS,
                          [{"workload": key, "record": record_json(record), **versions()}])
 
     def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
+        key = str(workload.as_json()[0])
+        self._ensure(key)
         return list(self.memory.get_top_k(workload, top_k))
 
     def get_all_tuning_records(self) -> list[TuningRecord]:
+        for key in list(self._raw):
+            self._ensure(key)
         return list(self.memory.get_all_tuning_records())
 
     def __len__(self) -> int:
-        return len(self.memory)
+        return len(self.measurements)
 
     # --- squeezer's own queries ------------------------------------------------------------
     def commit_baseline(self, mod: tvm.IRModule, seconds: float) -> None:
@@ -335,27 +375,48 @@ class RecordStore(PyDatabase):
             append_lines(self.write_dir / RUNS, [{**info, **versions()}])
 
     def commit_key(self, mod: tvm.IRModule) -> str:
-        return str(self.commit_workload(mod).as_json()[0])
+        self.commit_workload(mod)
+        return workload_hash(mod)
 
     def key_of(self, mod: tvm.IRModule) -> str | None:
         """The stored hash of ``mod`` if its workload is known, else ``None`` (adds nothing)."""
-        if not self.memory.has_workload(mod):
-            return None
-        return str(self.memory.commit_workload(mod).as_json()[0])
+        key = workload_hash(mod)
+        return key if key in self._wl_json else None
+
+    def keys(self) -> list[str]:
+        """Hashes of every workload that has stored records."""
+        return [k for k, v in self._raw.items() if v]
 
     def best_seconds(self, mod: tvm.IRModule) -> float | None:
         """The best measured latency of a working candidate for ``mod``, if any."""
-        if not self.memory.has_workload(mod):
+        return self._best.get(workload_hash(mod))
+
+    def best_schedule(self, mod: tvm.IRModule, target) -> tvm.s_tir.Schedule | None:
+        """The schedule of the best record of ``mod`` (parses that record only)."""
+        key = workload_hash(mod)
+        if key not in self._wl_json:
             return None
-        top = self.memory.get_top_k(self.memory.commit_workload(mod), 1)
-        if not top:
-            return None
-        secs = [float(s) for s in (top[0].run_secs or [FAILED_SECS])]
-        best = sum(secs) / len(secs)
-        return None if best >= FAILED_SECS else best
+        self._ensure(key, limit=1)
+        return self.memory.query_schedule(mod, target, "main")
+
+    def training_records(self, per_workload: int = 32) -> list[TuningRecord]:
+        """The best ``per_workload`` records of every stored workload (cost-model warm start)."""
+        out: list[TuningRecord] = []
+        for key in self.keys():
+            self._ensure(key, limit=per_workload)
+            out += list(self.memory.get_top_k(self._workload(key), per_workload))
+        return out
 
     def trials_of(self, key: str) -> int:
         return sum(1 for m in self.measurements if m.workload == key)
+
+
+def workload_hash(mod: tvm.IRModule) -> str:
+    """MetaSchedule's workload hash (structural) of a normalized one-function module."""
+    return str(tvm_ffi.structural_hash(mod))
+
+
+workload_key = workload_hash
 
 
 def _func_name(mod: tvm.IRModule) -> str:

@@ -171,7 +171,7 @@ def warm_start(cost_model, store, target, skip: set[str]) -> int:
     from tvm.s_tir.meta_schedule.runner import RunnerResult
 
     by_workload: dict[str, list] = {}
-    for rec in store.get_all_tuning_records():
+    for rec in store.training_records(per_workload=32):
         key = str(rec.workload.as_json()[0])
         if key in skip or not rec.run_secs:
             continue

@@ -163,7 +163,7 @@ def apply_records(
         base = store.baselines.get(key)
         if best is None or (base is not None and best >= base):
             continue  # no working record, or the default schedule is at least as fast
-        sch = store.query_schedule(norm, target, "main")
+        sch = store.best_schedule(norm, target)
         if sch is None:
             continue
         new = sch.mod["main"]
