@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench-zoo clean install
+.PHONY: demo test test-slow lint bench-zoo tune-zoo clean install
 
 install: $(STAMP)
 
@@ -28,10 +28,20 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check compiler passes schedules targets tests
 	$(BIN)/mypy compiler/api.py compiler/module.py compiler/artifact.py compiler/compression.py \
-		compiler/recipe.py compiler/data.py compiler/errors.py
+		compiler/recipe.py compiler/data.py compiler/errors.py compiler/tune/records.py \
+		compiler/tune/farm.py compiler/tune/report.py
 
 bench-zoo: $(STAMP)
 	$(BIN)/squeezer bench zoo --threads 2
+
+# Regenerate the shipped records for this machine's CPU class (quiet machine: measurements).
+TUNE_MODELS ?= mobilenetv2:22m resnet18:17m
+tune-zoo: $(STAMP)
+	for m in $(TUNE_MODELS); do \
+		$(BIN)/squeezer tune zoo:$${m%%:*} --records tuning_logs --trials 5000 \
+			--time-budget $${m##*:} --threads 2 --png tune-$${m%%:*}.png || exit 1; \
+	done
+	$(BIN)/squeezer tune-pack tuning_logs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
