@@ -115,6 +115,7 @@ def cmd_tune(args) -> int:
             seed=args.seed,
             on_event=display,
             model_name=stem,
+            remeasure_defaults=args.remeasure_defaults,
         )
     finally:
         display.close()
@@ -309,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warm-start", action="store_true",
                    help="do not pre-train the cost model on the shipped records")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--remeasure-defaults", action="store_true",
+                   help="measure the default schedules again (newest baseline wins)")
     p.add_argument("--png", help="tuning-curve plot to write (default tune-<model>.png)")
     p.set_defaults(func=cmd_tune)
 

@@ -64,7 +64,7 @@ def test_compile_dump_run_info_bench(compiled_onnx, tiny_files, tiny_input, tmp_
              "--json", tmp_path / "b.json", "--threads", 1)
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["impl"] for r in rows] == ["squeezer", "onnxruntime"]
-    assert set(rows[0]) == {"case", "impl", "median_ms", "min_ms", "max_ms", "threads"}
+    assert set(rows[0]) == {"case", "impl", "median_ms", "min_ms", "max_ms", "threads", "note"}
     assert all(r["threads"] == 1 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)
     table = squeezer("bench", art, "--repeat", 2, "--against", tiny_files["pt2"]).stdout
     assert "torch" in table and "vs squeezer" in table

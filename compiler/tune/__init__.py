@@ -125,6 +125,7 @@ def tune(
     runner_timeout: float = 10.0,
     on_event=None,
     model_name: str | None = None,
+    remeasure_defaults: bool = False,
 ) -> TuneResult:
     """Tune ``model`` and write its records; returns per-task results.
 
@@ -138,6 +139,8 @@ def tune(
     time_budget : seconds; the run stops after the batch in flight when it is spent.
     warm_start : pre-train the cost model on the shipped records (other workloads).
     on_event : callable(kind, **info) for progress display ("tasks", "baseline", "update", "done").
+    remeasure_defaults : measure the default schedules again even where a baseline is stored
+        (the newest baseline wins; use on a quiet machine if the stored ones were disturbed).
     """
     from squeezer.frontend import import_model
     from squeezer.targets.cpu import check_threads, detect_host, make_target
@@ -186,7 +189,7 @@ def tune(
                    "flops": t.flops} for t in tasks],
     })
 
-    _measure_defaults(tasks, target, builder, runner, store, emit)
+    _measure_defaults(tasks, target, builder, runner, store, emit, again=remeasure_defaults)
     result = TuneResult(tasks, out_dir, target_key, 0, "trials 0" if trials == 0 else "",
                         bounds=bounds)
     if trials == 0:
@@ -321,14 +324,15 @@ class _runner_init:  # noqa: N801 - a picklable initializer for the popen worker
         _quiet_worker()
 
 
-def _measure_defaults(tasks, target, builder, runner, store: RecordStore, emit) -> None:
+def _measure_defaults(tasks, target, builder, runner, store: RecordStore, emit,
+                      again: bool = False) -> None:
     """Measure squeezer's default schedule of every task not measured before (the baseline)."""
     from squeezer.schedules import default_schedule_pass
 
     todo, inputs = [], []
     for t in tasks:
         k = store.commit_key(t.mod)
-        if k in store.baselines:
+        if k in store.baselines and not again:
             t.default_seconds = store.baselines[k]
             continue
         mod = default_schedule_pass(target)(t.mod)
