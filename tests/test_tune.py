@@ -340,3 +340,28 @@ def test_pack_folds_logs_into_gzip_and_keeps_every_record(tmp_path):
     assert final.best_seconds(mod) == pytest.approx(5e-4)
     assert final.baselines[wl] == pytest.approx(4e-3)
     assert final.task_names[wl] == "matmul"
+
+
+def test_scheduler_gives_every_task_a_batch_first_then_follows_the_gains():
+    from squeezer.tune.search import allocate, pick_next
+
+    def task(name, calls, secs):
+        return Task(name=name, mod=_norm(matmul), weight=calls, flops=1.0, bytes=1.0,
+                    default_seconds=secs)
+
+    tasks = [task("heavy", 5, 1e-3), task("mid", 1, 1e-3), task("light", 1, 1e-4)]
+    alloc = allocate(tasks, 1000, 8, [1e-6] * 3)
+    assert alloc[0] > alloc[1] > alloc[2] >= 8 and sum(alloc) == 1000
+    order = []
+    for _ in range(60):  # a run stopped early (time budget) after 60 batches
+        tid, _ = pick_next(tasks, alloc, 8, [False] * 3)
+        order.append(tid)
+        tasks[tid].trials += 8
+    assert order[:3] == [0, 1, 2]  # breadth first, heaviest first
+    shares = [t.trials / a for t, a in zip(tasks, alloc, strict=True)]
+    # then in proportion to the gains (the light task's share is a batch or two)
+    assert abs(shares[0] - shares[1]) < 0.1
+    assert tasks[0].trials > tasks[1].trials > tasks[2].trials
+    tasks[2].trials = alloc[2]
+    _, finished = pick_next(tasks, alloc, 8, [False] * 3)
+    assert finished == [2]

@@ -69,9 +69,33 @@ def allocate(tasks: list[Task], total: int, per_iter: int, bounds: list[float]) 
     return alloc
 
 
+def pick_next(tasks: list[Task], alloc: list[int], per_iter: int,
+              terminated: list[bool]) -> tuple[int, list[int]]:
+    """The next task to measure (-1: none) and the tasks whose share is used up.
+
+    Breadth first: every task gets its first batch (largest share first); after that the task
+    furthest behind its share goes next, so a run stopped by ``--time-budget`` has spent its
+    trials in proportion to the expected gains.
+    """
+    total = sum(alloc)
+    floor = min(per_iter, max(total // max(len(tasks), 1), 1))
+    best, best_key = -1, (2, 0.0)
+    finished = []
+    for tid, (task, a) in enumerate(zip(tasks, alloc, strict=True)):
+        if terminated[tid]:
+            continue
+        if task.trials >= a:
+            finished.append(tid)
+            continue
+        key = (0, float(-a)) if task.trials < floor else (1, task.trials / a)
+        if key < best_key:
+            best, best_key = tid, key
+    return best, finished
+
+
 @derived_object
 class GainScheduler(PyTaskScheduler):
-    """Picks the task furthest below its expected-gain share of the trials."""
+    """Picks the next task: first batches breadth first, then the one furthest below its share."""
 
     def __init__(self, tasks: list[Task], budget: Budget, bounds: list[float],
                  already: list[int]):
@@ -92,16 +116,10 @@ class GainScheduler(PyTaskScheduler):
             return -1
         total = self.budget.trials + sum(self.already)
         alloc = allocate(self.tasks, total, self.budget.per_iter, self.bounds)
-        best, best_gap = -1, 0
-        for tid, (task, a) in enumerate(zip(self.tasks, alloc, strict=True)):
-            if outer.tasks_[tid].is_terminated:
-                continue
-            gap = a - task.trials
-            if gap <= 0:
-                outer.terminate_task(tid)
-                continue
-            if gap > best_gap:
-                best, best_gap = tid, gap
+        done = [outer.tasks_[tid].is_terminated for tid in range(len(self.tasks))]
+        best, finished = pick_next(self.tasks, alloc, self.budget.per_iter, done)
+        for tid in finished:
+            outer.terminate_task(tid)
         if best >= 0:
             self.running.add(best)
         return best
