@@ -59,7 +59,19 @@ def records_for_compile(extra: list[str | Path] | None, key: str) -> RecordStore
         d = _key_dir(root, key)
         if d not in dirs:
             dirs.append(d)
-    return RecordStore(read_dirs=dirs)
+    # Reading the lines costs seconds for thousands of records: a process compiling several
+    # models reads them once, and again only when a file changed.
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns)
+                  for d in dirs if d.is_dir() for f in sorted(d.glob("*.jsonl*")))
+    cached = _COMPILE_STORES.get(tuple(map(str, dirs)))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    store = RecordStore(read_dirs=dirs)
+    _COMPILE_STORES[tuple(map(str, dirs))] = (stamp, store)
+    return store
+
+
+_COMPILE_STORES: dict[tuple[str, ...], tuple[tuple, RecordStore]] = {}
 
 
 def _key_dir(root: Path, key: str) -> Path:
