@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check compiler passes schedules targets tests
 	$(BIN)/mypy compiler/api.py compiler/module.py compiler/artifact.py compiler/compression.py \
 		compiler/recipe.py compiler/data.py compiler/errors.py compiler/tune/records.py \
-		compiler/tune/farm.py compiler/tune/report.py
+		compiler/tune/farm.py compiler/tune/tracker.py compiler/tune/report.py
 
 bench-zoo: $(STAMP)
 	$(BIN)/squeezer bench zoo --threads 2
