@@ -129,7 +129,7 @@ def _tuning_summary(store, rows: list[dict], key: str, target) -> dict:
     """What the records covered: share of estimated time, tuned and untuned kernels."""
     from squeezer.tune.tasks import memory_bandwidth, peak_flops
 
-    peak, bw = peak_flops(target), memory_bandwidth(0.05)
+    peak, bw = peak_flops(target), memory_bandwidth()
     kernels = []
     for r in rows:
         est = r["tuned_seconds"] if r["tuned"] else r["default_seconds"]

@@ -12,6 +12,7 @@ tuner has measured it, and before that a roofline bound from FLOPs and bytes mov
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,8 +199,9 @@ def _call_tir_targets(func: relax.Function) -> list[str]:
     return names
 
 
+@functools.cache
 def memory_bandwidth(seconds: float = 0.2) -> float:
-    """Measured copy bandwidth in bytes/s (read + write), numpy on 64 MiB."""
+    """Measured copy bandwidth in bytes/s (read + write), numpy on 64 MiB; once per process."""
     import time
 
     a = np.ones(16 << 20, dtype=np.float32)
