@@ -7,6 +7,7 @@ importing it here is what makes it available to recipes. See ``base`` for the li
 from . import (
     distill,  # noqa: F401  (registers "distill")
     finetune,  # noqa: F401  (registers "finetune")
+    prune,  # noqa: F401  (registers the pruning methods)
 )
 from .base import (
     CompressContext,
