@@ -245,6 +245,28 @@ def test_block_scores_use_the_real_weights_of_partial_blocks(digits: data.Digits
     )
 
 
+def test_block_stored_bytes_are_bsr_unless_dense_is_smaller(digits: data.Digits) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+    pruner, _ = prepare(model, digits, "block", block=[2, 2], sparsity=0.75)
+    pruner.squash(model)
+    blocks = 4 * 32 // 4  # a quarter of the 128 blocks kept
+    assert pruner.stored_bytes(model) == {"1.weight": blocks * (16 + 1) + 4 * 5}
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+    pruner, _ = prepare(model, digits, "block", block=[2, 2], sparsity=0.02)
+    pruner.squash(model)  # 125 blocks in BSR take 2,145 bytes: more than dense
+    assert pruner.stored_bytes(model) == {"1.weight": 64 * 8 * 4}
+
+
+def test_squash_finishes_a_schedule_that_had_no_epochs(digits: data.Digits) -> None:
+    model = mlp()
+    pruner, lines = prepare(model, digits, schedule="gradual", sparsity=0.6)
+    assert lines == []
+    pruner.squash(model)
+    assert sparsity_report(model) == {"1.weight": round(0.6 * 4096) / 4096, "3.weight": 0.6}
+    assert lines[0] == "the schedule had not ended: pruned to the final sparsity without training"
+    assert lines[1].startswith("final sparsity 60.01% of 4,736 weights")
+
+
 def test_csr_and_bsr_sizes_by_hand() -> None:
     w = torch.zeros(3, 300)
     w[0, 0], w[2, 299], w[2, 5] = 1.0, 2.0, 3.0
@@ -447,6 +469,8 @@ def test_dns_paper_thresholds_from_mean_and_std(digits: data.Digits) -> None:
     theta = float(w.mean() + 0.5 * w.std())
     assert pruner.thresholds["3.weight"] == pytest.approx((0.9 * theta, 1.1 * theta))
     assert torch.equal(pruner.mask("3.weight").bool(), w >= 0.9 * theta)
+    pruner, _ = prepare(mlp(), digits, "dns", sparsity=0.5, scope="global")
+    assert pruner.thresholds["1.weight"] == pruner.thresholds["3.weight"]
     with pytest.raises(RecipeError, match="give either crate"):
         load_recipe([{"method": "dns", "crate": 0.5, "sparsity": 0.5}])
 

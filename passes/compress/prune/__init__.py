@@ -32,7 +32,6 @@ from . import (
     nm,  # noqa: F401  (registers "nm")
 )
 from .base import PruneSettings, PruningMethod
-from .layers import Layer
-from .masks import sparsity_report
+from .layers import Layer, sparsity_report
 
 __all__ = ["Layer", "PruneSettings", "PruningMethod", "sparsity_report"]

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from squeezer.errors import RecipeError
 
-__all__ = ["Layer", "candidates", "select_layers"]
+__all__ = ["Layer", "candidates", "select_layers", "sparsity_report"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ def _graph_candidates(model: torch.fx.GraphModule) -> dict[str, Layer]:
     found: dict[str, Layer] = {}
     for node in model.graph.nodes:
         kind = ops.get(node.target) if node.op == "call_function" else None
-        weight = node.args[1] if kind is not None and len(node.args) > 1 else None
+        if kind is None or len(node.args) < 2:
+            continue
+        weight = node.args[1]
         if not isinstance(weight, torch.fx.Node) or weight.op != "get_attr":
             continue
         path, _, attr = str(weight.target).rpartition(".")
@@ -155,3 +157,15 @@ def select_layers(
             hint = f"; closest: {', '.join(map(repr, close))}" if close else ""
             raise RecipeError(f"tensors: {key!r} matches no pruned weight{hint}")
     return result, skipped
+
+
+def sparsity_report(model: torch.nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in every prunable weight (``candidates``), by tensor name.
+
+    Reads the weight the layer computes with, so a prepared model reports its masks.
+    """
+    out = {}
+    for layer in candidates(model).values():
+        w = layer.weight.detach()
+        out[layer.tensor] = 1.0 - int(w.count_nonzero()) / w.numel()
+    return out

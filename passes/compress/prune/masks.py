@@ -9,6 +9,7 @@ appear in ``state_dict()`` (``<layer>.parametrizations.weight.original`` and
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch.nn.utils import parametrize
@@ -23,7 +24,6 @@ __all__ = [
     "index_bytes",
     "keep_mask",
     "matrix_view",
-    "sparsity_report",
 ]
 
 
@@ -60,9 +60,14 @@ def attach_mask(owner: torch.nn.Module, attr: str, straight_through: bool = Fals
     return mask
 
 
+def _plist(owner: torch.nn.Module, attr: str) -> parametrize.ParametrizationList:
+    plists = cast(torch.nn.ModuleDict, owner.parametrizations)
+    return cast(parametrize.ParametrizationList, plists[attr])
+
+
 def dense_of(owner: torch.nn.Module, attr: str) -> torch.nn.Parameter:
     """The dense parameter under the parametrizations of ``owner.<attr>``."""
-    return owner.parametrizations[attr].original  # type: ignore[union-attr,index,return-value]
+    return cast(torch.nn.Parameter, _plist(owner, attr).original)
 
 
 def detach_mask(owner: torch.nn.Module, attr: str, mask: WeightMask) -> None:
@@ -71,7 +76,7 @@ def detach_mask(owner: torch.nn.Module, attr: str, mask: WeightMask) -> None:
     Baking the mask into ``original`` is exact when the parametrizations before this one map
     zero to zero, as masks and symmetric quantizers do.
     """
-    plist = owner.parametrizations[attr]  # type: ignore[index]
+    plist = _plist(owner, attr)
     with torch.no_grad():
         plist.original.mul_(mask.mask)
     index = next(i for i, p in enumerate(plist) if p is mask)
@@ -131,16 +136,3 @@ def bsr_bytes(weight: torch.Tensor, block: tuple[int, int]) -> int:
     nonzero = padded.reshape(rows, r, cols, c).ne(0).any(dim=3).any(dim=1)
     blocks = int(nonzero.sum())
     return blocks * (4 * r * c + index_bytes(cols)) + 4 * (rows + 1)
-
-
-def sparsity_report(model: torch.nn.Module) -> dict[str, float]:
-    """Fraction of exact zeros in every ``Linear`` and ``Conv2d`` weight, by tensor name.
-
-    Reads the weight the module computes with, so a masked (prepared) model reports its masks.
-    """
-    out: dict[str, float] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
-            w = module.weight.detach()
-            out[f"{name}.weight" if name else "weight"] = 1.0 - int(w.count_nonzero()) / w.numel()
-    return out
