@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from squeezer import data
-from squeezer.compression import compress
+from squeezer.compression import compress, compress_file
 from squeezer.errors import RecipeError
 from squeezer.passes.compress import CompressContext, base, get_method
 from squeezer.passes.compress.prune import PruningMethod, masks, schedule, sparsity_report
@@ -480,11 +480,13 @@ def test_pruning_a_torch_export_graph(tmp_path: Path, trained_cnn: torch.nn.Modu
         trained_cnn, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},)
     )
     torch.export.save(program, tmp_path / "m.pt2")
-    module = base.load_exported(tmp_path / "m.pt2")
-    out, report = compress(module, [{"method": "magnitude", "sparsity": 0.6, "epochs": 1}],
+    (tmp_path / "r.yaml").write_text("- {method: magnitude, sparsity: 0.6, epochs: 1}\n")
+    report = compress_file(tmp_path / "m.pt2", tmp_path / "r.yaml", tmp_path / "out.pt2",
                            progress=False)  # fmt: skip
+    out = base.load_exported(tmp_path / "out.pt2")
     state = out.state_dict()
     for name in ("0.weight", "4.weight", "7.weight"):
         assert zeros(state[name]) == round(0.6 * state[name].numel())
     assert zeros(state["3.weight"]) == 0  # depthwise stays dense
+    assert sparsity_report(out)["4.weight"] == round(0.6 * 4608) / 4608
     assert report.accuracy_after >= report.accuracy_before - 0.03
