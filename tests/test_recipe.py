@@ -68,7 +68,10 @@ def test_defaults_and_python_list() -> None:
 @pytest.mark.parametrize(
     ("items", "parts"),
     [
-        ([{"method": "prune"}], ["recipe[0]", "unknown method 'prune'", "distill, finetune"]),
+        (
+            [{"method": "prune"}],
+            ["recipe[0]", "unknown method 'prune'", "known methods:", "finetune", "magnitude"],
+        ),
         (
             [{"method": "finetune"}, {"method": "finetune", "epoch": 3}],
             ["recipe[1] (finetune)", "unknown field 'epoch'", "did you mean 'epochs'"],
@@ -97,7 +100,7 @@ def test_defaults_and_python_list() -> None:
             [{"method": "distill", "teacher": {"zoo": "mobilenet", "path": "t.pt2"}}],
             ["recipe[0] (distill)", "teacher", "exactly one of 'zoo'"],
         ),
-        ([{"epochs": 3}], ["recipe[0]", "missing 'method'", "distill, finetune"]),
+        ([{"epochs": 3}], ["recipe[0]", "missing 'method'", "known methods:", "distill", "nm"]),
         (["finetune"], ["recipe[0]", "mapping", "got 'finetune' (str)"]),
         ([], ["no methods"]),
         ({"method": "finetune"}, ["list of methods", "(dict)"]),
