@@ -27,9 +27,13 @@ fraction of zeros per weight. Methods: ``magnitude`` (Han et al. 2015), ``nm`` (
 
 from . import (
     block,  # noqa: F401  (registers "block")
+    datafree,  # noqa: F401  (registers "datafree")
+    density_diversity,  # noqa: F401  (registers "density_diversity")
     dns,  # noqa: F401  (registers "dns")
     magnitude,  # noqa: F401  (registers "magnitude")
     nm,  # noqa: F401  (registers "nm")
+    obd,  # noqa: F401  (registers "obd")
+    obs,  # noqa: F401  (registers "obs")
 )
 from .base import PruneSettings, PruningMethod
 from .layers import Layer, sparsity_report
