@@ -36,6 +36,40 @@ def graph_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return tvm.transform.Sequential(inference_passes())(mod)
 
 
+def tag_kernels() -> tvm.transform.Pass:
+    """Give fused PrimFuncs the ``squeezer.kernel`` attribute of the kernel they contain.
+
+    ``FuseTIR`` builds new functions without the attributes of the ones it merged; squeezer's
+    kernels also annotate their main block, which survives, so the tuner still finds the
+    kernel's design space.
+    """
+
+    from tvm_ffi.structural import structural_visit
+
+    @tvm.transform.module_pass(opt_level=0, name="squeezer.TagKernels")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        updates = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tvm.tirx.PrimFunc) or (
+                    func.attrs is not None and "squeezer.kernel" in func.attrs):
+                continue
+            kinds: list[str] = []
+
+            def visit(block, visitor, kinds=kinds):
+                if "squeezer.kernel" in block.annotations:
+                    kinds.append(str(block.annotations["squeezer.kernel"]))
+                return visitor.default_visit(block)
+
+            structural_visit(func.body, [(tvm.s_tir.SBlock, visit)])
+            if kinds:
+                updates[gv] = func.with_attr("squeezer.kernel", kinds[0])
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
 def legalize_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     seq = tvm.transform.Sequential(
         [
@@ -44,6 +78,7 @@ def legalize_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
+            tag_kernels(),
             relax.transform.DeadCodeElimination(),
             # Weights may be re-laid-out by tuned kernels (folded into the constants after the
             # records are applied); the attribute is part of the tuning workloads' identity.

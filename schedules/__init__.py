@@ -10,12 +10,14 @@ from tvm.target import Target
 from .conv2d import Conv2dNCHW
 from .elementwise import ParallelVectorize, SerialTiny
 from .matmul import Matmul
+from .sparse_matmul import SparseMatmul
 
 __all__ = [
     "Conv2dNCHW",
     "Matmul",
     "ParallelVectorize",
     "SerialTiny",
+    "SparseMatmul",
     "default_rules",
     "default_schedule_pass",
 ]
@@ -24,6 +26,7 @@ __all__ = [
 def default_rules() -> list[ScheduleRule]:
     """The ordered CPU rule list; the last one applies to every PrimFunc."""
     return [
+        SparseMatmul(),
         Conv2dNCHW(),
         Matmul(),
         SerialTiny(),

@@ -23,29 +23,38 @@ from tvm import s_tir
 
 SpaceFn = Callable[[s_tir.Schedule], None]
 
-_SPACES: dict[str, SpaceFn] = {}
+_SPACES: dict[str, tuple[SpaceFn, bool]] = {}
 
 
-def register_space(kernel: str) -> Callable[[SpaceFn], SpaceFn]:
-    """Register ``fn`` as the design space of PrimFuncs whose ``squeezer.kernel`` is ``kernel``."""
+def register_space(kernel: str, *, target_postprocs: bool = True
+                   ) -> Callable[[SpaceFn], SpaceFn]:
+    """Register ``fn`` as the design space of PrimFuncs whose ``squeezer.kernel`` is ``kernel``.
+
+    ``target_postprocs=False`` skips MetaSchedule's postprocessors for the target: a kernel
+    whose loops have data-dependent bounds (sparse formats) would be rejected by
+    ``DisallowDynamicLoop``; its space function must then produce a complete schedule itself.
+    """
 
     def deco(fn: SpaceFn) -> SpaceFn:
-        if kernel in _SPACES and _SPACES[kernel] is not fn:
+        old = _SPACES.get(kernel)
+        if old is not None and old[0] is not fn and old[0].__qualname__ != fn.__qualname__:
             raise ValueError(f"a design space is already registered for kernel {kernel!r}")
-        _SPACES[kernel] = fn
+        _SPACES[kernel] = (fn, target_postprocs)
         return fn
 
     return deco
 
 
 def registered() -> dict[str, SpaceFn]:
-    return dict(_SPACES)
+    return {k: fn for k, (fn, _) in _SPACES.items()}
 
 
 def space_for(kernel: str | None) -> ms.space_generator.SpaceGenerator | str:
     """The space generator for a task of the given kernel family (``None``: generic)."""
-    fn = _SPACES.get(kernel) if kernel else None
-    if fn is None:
+    entry = _SPACES.get(kernel) if kernel else None
+    if entry is None:
         return "post-order-apply"
-    return ms.space_generator.ScheduleFn(fn, sch_rules=[], postprocs="from-target",
-                                         mutator_probs="from-target")
+    fn, target_postprocs = entry
+    return ms.space_generator.ScheduleFn(
+        fn, sch_rules=[], postprocs="from-target" if target_postprocs else [],
+        mutator_probs="from-target")

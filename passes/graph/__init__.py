@@ -10,6 +10,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .sparsify_weights import sparsify_weights
+
 
 def inference_passes() -> list[tvm.transform.Pass]:
     """Graph passes for inference, in order.
@@ -17,12 +19,15 @@ def inference_passes() -> list[tvm.transform.Pass]:
     Batch norm is folded into the preceding convolution's weights where the pattern allows it
     (conv2d directly followed by batch_norm, constant statistics); what remains is decomposed
     into elementwise arithmetic, which ``FuseOps`` then fuses into the producer's epilogue.
+    Products whose constant weights are sparse enough for the sparse kernel to win become
+    ``sparse_matmul`` calls (``sparsify_weights``).
     """
     return [
         relax.transform.FoldConstant(),
         relax.transform.FoldBatchnormToConv2D(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
+        sparsify_weights(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
     ]

@@ -1,0 +1,388 @@
+"""Sparse x dense products: ``Y = act(W @ B + bias)`` with ``W`` stored as BSR.
+
+``W`` (``n x k``) is held in block compressed sparse rows: ``data (nnzb, br, bc)``, ``indices
+(nnzb,)`` (block columns, in the narrowest integer type that holds them) and ``indptr
+(n / br + 1,)``; CSR is the ``1 x 1`` block. The dense operand ``B`` is ``k x p`` ("kp") or
+its transpose ``p x k`` ("pk", a linear layer's activations, packed to ``k x p`` in the
+kernel); ``Y`` is ``n x p`` ("np", a 1x1 convolution's NCHW output) or ``p x n`` ("pn", a
+linear layer's output).
+
+The kernel keeps a tile of ``Y`` (``br`` rows x ``pt`` columns) in vector registers while it
+walks the stored blocks of one block row; each block broadcasts ``br x bc`` weights against
+``bc`` rows of ``B``, contiguous along ``p``. The reduction's bounds are data dependent
+(``indptr[i] .. indptr[i + 1]``); each block row is therefore its own outer block, so the
+data-dependent loop stays inside that block's scope and TensorIR's primitives (``vectorize``,
+``cache_write``, ``reverse_compute_at``) still apply around it. With ``p == 1`` (a batch-1
+linear layer) nothing runs along ``p``: the block rows are vectorized instead (blocks of
+``4 x 1`` or taller).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from tvm import s_tir, tirx
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from ._common import AnalyzedRule, num_cores, vector_lanes
+from .spaces import register_space
+
+KERNEL = "sparse_matmul"
+Activation = Literal["none", "relu", "relu6"]
+
+
+def index_dtype(extent: int) -> str:
+    """The narrowest integer type that holds block-column indices below ``extent``."""
+    if extent <= 256:
+        return "uint8"
+    if extent <= 32768:
+        return "int16"
+    return "int32"
+
+
+@dataclass(frozen=True)
+class SparseWeight:
+    """A weight matrix in BSR form, as the kernel takes it.
+
+    Attributes
+    ----------
+    shape : ``(n, k)`` of the dense matrix (rows padded up to whole blocks are not included).
+    block : ``(br, bc)``.
+    data, indices, indptr : BSR arrays of the padded matrix; ``indices`` is narrow.
+    """
+
+    shape: tuple[int, int]
+    block: tuple[int, int]
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+
+    @classmethod
+    def from_dense(cls, w: np.ndarray, block: tuple[int, int] = (1, 1)) -> SparseWeight:
+        """Store the non-zero blocks of ``w`` (2-D); a block with any non-zero is kept whole.
+
+        Sizes that are not a multiple of the block are padded with zero rows/columns.
+        """
+        if w.ndim != 2:
+            raise ValueError(f"sparse weight must be 2-D, got shape {w.shape}")
+        br, bc = block
+        if br < 1 or bc < 1:
+            raise ValueError(f"block shape must be positive, got {block}")
+        n, k = w.shape
+        padded = np.zeros((-(-n // br) * br, -(-k // bc) * bc), dtype=np.float32)
+        padded[:n, :k] = w
+        kb = padded.shape[1] // bc
+        blocks = padded.reshape(padded.shape[0] // br, br, kb, bc).swapaxes(1, 2)
+        keep = blocks.any(axis=(2, 3))
+        # An empty block row keeps one zero block: the reduction then starts (and initializes
+        # its accumulator) in every row, whichever schedule runs it.
+        empty = ~keep.any(axis=1)
+        keep[empty, 0] = True
+        rows, cols = np.nonzero(keep)  # row-major: sorted by row, then column
+        indptr = np.zeros(keep.shape[0] + 1, np.int32)
+        np.cumsum(keep.sum(axis=1), out=indptr[1:])
+        return cls((n, k), (br, bc), np.ascontiguousarray(blocks[rows, cols], dtype=np.float32),
+                   cols.astype(index_dtype(kb)), indptr)
+
+    @property
+    def nnzb(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def density(self) -> float:
+        """Stored values (zeros inside kept blocks included) over the dense size."""
+        return self.data.size / max(self.shape[0] * self.shape[1], 1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.indices.nbytes + self.indptr.nbytes
+
+    def to_dense(self) -> np.ndarray:
+        br, bc = self.block
+        rows = (self.indptr.shape[0] - 1) * br
+        cols = -(-self.shape[1] // bc) * bc
+        m = sp.bsr_matrix((self.data, self.indices.astype(np.int64), self.indptr),
+                          shape=(rows, cols)).toarray()
+        return m[: self.shape[0], : self.shape[1]]
+
+
+def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"] = "kp",
+                       y_layout: Literal["np", "pn"] = "np", bias: bool = False,
+                       act: Activation = "none") -> tirx.PrimFunc:
+    """The kernel's PrimFunc for ``w``'s shapes (not its values).
+
+    Parameters are ``(B, data, indices, indptr[, bias], Y)``; the function carries
+    ``squeezer.kernel = "sparse_matmul"`` so the tuner searches its registered space.
+    """
+    n, k = w.shape
+    br, bc = w.block
+    nb, nnzb, idt = w.indptr.shape[0] - 1, max(w.nnzb, 1), str(w.indices.dtype)
+    kp = -(-k // bc) * bc
+    # int64 dimensions, as Relax's legalized functions use: FuseTIR matches the buffers of
+    # the ops it fuses after this kernel against ours
+    i64 = functools.partial(tirx.IntImm, "int64")
+    b_shape = (i64(k), i64(p)) if b_layout == "kp" else (i64(p), i64(k))
+    y_shape = (i64(n), i64(p)) if y_layout == "np" else (i64(p), i64(n))
+    lo, hi = (0.0, 6.0) if act == "relu6" else (0.0, 3.4e38)
+    relu, pack, np_out = act != "none", b_layout == "pk", y_layout == "np"
+    copy = not pack and kp == k
+
+    @T.prim_func(s_tir=True)
+    def kernel(b_h: T.handle, d_h: T.handle, i_h: T.handle, r_h: T.handle, bias_h: T.handle,
+               y_h: T.handle):
+        # op_pattern 4 (kOutEWiseFusable): FuseOps fuses a following bias add or activation
+        T.func_attr({"tirx.noalias": True, "squeezer.kernel": KERNEL,
+                     "op_pattern": 4})
+        B = T.match_buffer(b_h, b_shape, "float32")
+        D = T.match_buffer(d_h, (nnzb, br, bc), "float32")
+        IND = T.match_buffer(i_h, (nnzb,), idt)
+        PTR = T.match_buffer(r_h, (nb + 1,), "int32")
+        BIAS = T.match_buffer(bias_h, (i64(n),), "float32")
+        Y = T.match_buffer(y_h, y_shape, "float32")
+        BK = T.alloc_buffer((kp, p), "float32")
+        ACC = T.alloc_buffer((nb * br, p), "float32")
+        SRC = B if copy else BK  # B is already k x p: no packing
+        if not copy:
+            for kk, pp in T.grid(kp, p):
+                with T.sblock("pack"):
+                    vk, vp = T.axis.remap("SS", [kk, pp])
+                    if pack:
+                        BK[vk, vp] = T.if_then_else(vk < k, B[vp, T.min(vk, k - 1)],
+                                                    T.float32(0))
+                    else:
+                        BK[vk, vp] = T.if_then_else(vk < k, B[T.min(vk, k - 1), vp],
+                                                    T.float32(0))
+        for i in range(nb):
+            # One block row per outer block: the data-dependent reduction is confined to its
+            # scope, so the root scope stays a clean producer-consumer pipeline.
+            with T.sblock("row"):
+                vi = T.axis.spatial(nb, i)
+                T.reads(PTR[vi:vi + 2], D[0:nnzb, 0:br, 0:bc], IND[0:nnzb], SRC[0:kp, 0:p])
+                T.writes(ACC[vi * br:vi * br + br, 0:p])
+                T.sblock_attr({"squeezer.kernel": KERNEL})
+                for jj, r, c, pp in T.grid(PTR[vi + 1] - PTR[vi], br, bc, p):
+                    with T.sblock("update"):
+                        vr, vp = T.axis.remap("SS", [r, pp])
+                        vj = T.axis.reduce(nnzb, jj)
+                        vc = T.axis.reduce(bc, c)
+                        T.reads(PTR[vi], D[PTR[vi] + vj, vr, vc], IND[PTR[vi] + vj],
+                                SRC[T.Cast("int32", IND[PTR[vi] + vj]) * bc + vc, vp])
+                        T.writes(ACC[vi * br + vr, vp])
+                        with T.init():
+                            ACC[vi * br + vr, vp] = T.float32(0)
+                        ACC[vi * br + vr, vp] = ACC[vi * br + vr, vp] + D[
+                            PTR[vi] + vj, vr, vc] * SRC[
+                            T.Cast("int32", IND[PTR[vi] + vj]) * bc + vc, vp]
+        for o, pp in T.grid(n, p):
+            with T.sblock("epilogue"):
+                vo, vp = T.axis.remap("SS", [o, pp])
+                if np_out:
+                    if relu:
+                        Y[vo, vp] = T.min(T.max(ACC[vo, vp] + BIAS[vo], T.float32(lo)),
+                                          T.float32(hi))
+                    else:
+                        Y[vo, vp] = ACC[vo, vp] + BIAS[vo]
+                else:
+                    if relu:
+                        Y[vp, vo] = T.min(T.max(ACC[vo, vp] + BIAS[vo], T.float32(lo)),
+                                          T.float32(hi))
+                    else:
+                        Y[vp, vo] = ACC[vo, vp] + BIAS[vo]
+
+    del bias  # the bias buffer is always a parameter (zeros when the layer has none)
+    # the caller names it (BlockBuilder.add_func, or a module key)
+    return kernel.without_attr("global_symbol")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The schedule's choice: ``pt`` columns of ``Y`` per tile (a multiple of the vector width
+    that divides ``p``, or all of ``p``)."""
+
+    pt: int
+
+
+def _shapes(sch: s_tir.Schedule) -> tuple[int, int, int, int]:
+    """``(block rows, br, bc, p)`` of the kernel being scheduled."""
+    acc = sch.get(sch.get_sblock("update")).writes[0].source
+    d = sch.mod["main"].params[1]  # a buffer parameter: it has the data's shape
+    rows, p = (int(x) for x in acc.shape)
+    br = int(d.shape[1])
+    return rows // br, br, int(d.shape[2]), p
+
+
+def tile_widths(p: int, br: int, lanes: int) -> list[int]:
+    """Tile widths along ``p`` that keep ``br x width`` accumulators in the 32 vector registers."""
+    if p < lanes or p % lanes:
+        return [p]
+    widths = [lanes * v for v in (1, 2, 3, 4, 6, 8) if p % (lanes * v) == 0 and br * v <= 24]
+    return widths or [lanes]
+
+
+def default_knobs(sch: s_tir.Schedule, target: Target) -> Knobs:
+    nb, br, _, p = _shapes(sch)
+    widths = tile_widths(p, br, vector_lanes(target))
+    # a longer tile amortizes the index loads, as long as the accumulators fit
+    return Knobs(pt=max(widths))
+
+
+def schedule(sch: s_tir.Schedule, pt, target: Target) -> None:
+    """Tile, parallelize and vectorize the kernel in place.
+
+    ``pt`` is an int (default schedule) or a sampled value (tuning space). Block rows run in
+    parallel; inside a row, a ``br x pt`` accumulator tile stays in registers while the row's
+    blocks stream past, and the epilogue (with whatever ``FuseOps`` fused after it) writes
+    the row out while it is still in L1.
+    """
+    lanes = vector_lanes(target)
+    _, br, _, p = _shapes(sch)
+    along_p = p >= lanes and p % lanes == 0
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    first = blocks.index("pack") if "pack" in blocks else blocks.index("row")
+    for name in reversed(blocks[:first]):  # reshapes FuseOps put before the kernel
+        sch.compute_inline(sch.get_sblock(name))
+    epilogue = [sch.get_sblock(name) for name in blocks[blocks.index("epilogue"):]]
+    for block in epilogue[1:]:  # bias add, activation fused after the epilogue
+        sch.reverse_compute_inline(block)
+    row, upd = sch.get_sblock("row"), sch.get_sblock("update")
+    nb = int(sch.get(sch.get_loops(row)[0]).extent)
+    pn = _writes_transposed(sch, epilogue[-1])
+    # Rows per group: a "pn" output is written a vector of rows at a time.
+    group = _largest_divisor(nb, max(1, lanes // br) if pn else 1)
+    io, _ = sch.split(sch.get_loops(row)[0], [None, group])
+    jj, r, c, pp = sch.get_loops(upd)[-4:]
+    po, pi = sch.split(pp, [None, pt])
+    sch.reorder(po, jj, c, r, pi)
+    acc = sch.cache_write(upd, 0, "local")
+    sch.reverse_compute_at(acc, po)
+    if along_p:
+        sch.vectorize(pi)
+        sch.vectorize(sch.get_loops(acc)[-1])
+        sch.unroll(r)
+    elif br >= 4:
+        sch.vectorize(r)
+    sch.unroll(c)
+    sch.decompose_reduction(upd, jj)
+    sch.reverse_compute_at(epilogue[0], io)
+    inner = sch.get_loops(epilogue[0])[1:]  # unit loops are gone (p == 1, one row)
+    if len(inner) == 2:
+        rows_loop, cols_loop = inner
+        if pn:
+            sch.reorder(cols_loop, rows_loop)
+            if group * br % lanes == 0:
+                sch.vectorize(rows_loop)
+        elif along_p:
+            sch.vectorize(cols_loop)
+    if num_cores(target) > 1:
+        sch.parallel(io)
+    if "pack" in blocks:
+        _schedule_pack(sch, sch.get_sblock("pack"), target)
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def _writes_transposed(sch: s_tir.Schedule, block) -> bool:
+    """Whether the (last) epilogue block writes ``Y[p, n]`` rather than ``Y[n, p]``."""
+    stmt = sch.get(block)
+    index = stmt.writes[0].region
+    return len(index) == 2 and index[0].min.same_as(stmt.iter_vars[1].var)
+
+
+def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
+    """``BK[k, p] = B[p, k]``: a transpose in 16 x 16 tiles (both sides stay in cache lines)."""
+    kk, pp = sch.get_loops(pack)
+    kext, pext = (int(sch.get(lp).extent) for lp in (kk, pp))
+    tk, tp = _largest_divisor(kext, 16), _largest_divisor(pext, 16)
+    ko, ki = sch.split(kk, [None, tk])
+    po, pi = sch.split(pp, [None, tp])
+    sch.reorder(ko, po, pi, ki)
+    sch.unroll(ki)
+    if num_cores(target) > 1:
+        sch.parallel(ko)
+
+
+class SparseMatmul(AnalyzedRule):
+    """Default schedule of the ``sparse_matmul`` kernel (recognized by its block annotation)."""
+
+    def analyze(self, sch: s_tir.Schedule):
+        try:
+            block = sch.get(sch.get_sblock("row"))
+        except Exception:  # noqa: BLE001 - no such block: another kernel
+            return None
+        return True if block.annotations.get("squeezer.kernel") == KERNEL else None
+
+    def schedule(self, sch: s_tir.Schedule, found, target: Target) -> None:
+        schedule(sch, default_knobs(sch, target).pt, target)
+
+
+@register_space(KERNEL, target_postprocs=False)
+def sparse_matmul_space(sch: s_tir.Schedule) -> None:
+    """Tuning space: the tile width along ``p``."""
+    target = Target.current()
+    _, br, _, p = _shapes(sch)
+    widths = tile_widths(p, br, vector_lanes(target))
+    pt = sch.sample_categorical(widths, [1 / len(widths)] * len(widths))
+    schedule(sch, pt, target)
+
+
+# --- cost model: which format a layer should use --------------------------------------------
+# Per-core throughputs measured on this machine class (Zen 5, AVX-512, 2 cores) with the
+# default schedules; `squeezer bench sparse` prints the measured figures. Units: multiply-adds
+# per second for the products, bytes per second for the streaming bound.
+DENSE_MACS_PER_CORE = 60e9
+SPARSE_MACS_PER_CORE = {(1, 1): 14e9, (1, 4): 16e9, (4, 1): 22e9, (8, 1): 26e9,
+                        (16, 1): 28e9, (4, 4): 24e9}
+GEMV_BYTES_PER_CORE = 12e9
+BLOCKS = tuple(SPARSE_MACS_PER_CORE)
+MARGIN = 0.8  # a sparse kernel must be predicted this much faster to be chosen
+
+
+def stored_blocks(w: np.ndarray, block: tuple[int, int]) -> int:
+    """Blocks of ``block`` shape that hold a non-zero (the BSR ``nnzb``)."""
+    br, bc = block
+    n, k = w.shape
+    pad = np.zeros((-(-n // br) * br, -(-k // bc) * bc), dtype=bool)
+    pad[:n, :k] = w != 0
+    return int(pad.reshape(pad.shape[0] // br, br, -1, bc).any(axis=(1, 3)).sum())
+
+
+def estimate_seconds(n: int, k: int, p: int, block: tuple[int, int] | None, nnzb: int,
+                     cores: int) -> float:
+    """Predicted time of the dense (``block=None``) or sparse product on ``cores`` cores."""
+    if block is None:
+        return max(n * k * p / (DENSE_MACS_PER_CORE * cores),
+                   4 * n * k / (GEMV_BYTES_PER_CORE * cores))
+    br, bc = block
+    values = nnzb * br * bc
+    index_bytes = np.dtype(index_dtype(-(-k // bc))).itemsize
+    stream = values * 4 + nnzb * index_bytes + (-(-n // br) + 1) * 4
+    return max(values * p / (SPARSE_MACS_PER_CORE[block] * cores),
+               stream / (GEMV_BYTES_PER_CORE * cores))
+
+
+def choose_format(w: np.ndarray, p: int, target: Target | None = None, *,
+                  log: list[dict] | None = None, where: str = "") -> tuple[int, int] | None:
+    """The block shape to store ``w`` (``n x k``) in for a product with ``p`` columns, or
+    ``None`` where the dense kernel is predicted faster."""
+    cores = num_cores(target) if target is not None else 1
+    n, k = w.shape
+    density = float(np.count_nonzero(w)) / max(w.size, 1)
+    dense = estimate_seconds(n, k, p, None, 0, cores)
+    best, best_s = None, dense * MARGIN
+    if density < 0.6:
+        for block in BLOCKS:
+            s = estimate_seconds(n, k, p, block, stored_blocks(w, block), cores)
+            if s < best_s:
+                best, best_s = block, s
+    if log is not None:
+        log.append({"where": where, "shape": (n, k), "p": p, "density": density,
+                    "format": "dense" if best is None else f"bsr{best[0]}x{best[1]}",
+                    "dense_s": dense, "sparse_s": None if best is None else best_s})
+    return best
