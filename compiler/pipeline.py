@@ -70,6 +70,22 @@ def tag_kernels() -> tvm.transform.Pass:
     return _pass
 
 
+def keep_kernel_layouts() -> tvm.transform.Pass:
+    """Drop ``layout_free_buffers`` from squeezer's own kernels: their compressed arrays have
+    the one layout the kernel reads (and ``SplitLayoutRewritePreproc`` rejects their nested
+    blocks)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="squeezer.KeepKernelLayouts")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and \
+                    "squeezer.kernel" in func.attrs and "layout_free_buffers" in func.attrs:
+                mod[gv] = func.without_attr("layout_free_buffers")
+        return mod
+
+    return _pass
+
+
 def legalize_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     seq = tvm.transform.Sequential(
         [
@@ -83,6 +99,7 @@ def legalize_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule
             # Weights may be re-laid-out by tuned kernels (folded into the constants after the
             # records are applied); the attribute is part of the tuning workloads' identity.
             relax.transform.AttachAttrLayoutFreeBuffers(),
+            keep_kernel_layouts(),
         ]
     )
     with target:

@@ -49,12 +49,23 @@ def registered() -> dict[str, SpaceFn]:
     return {k: fn for k, (fn, _) in _SPACES.items()}
 
 
-def space_for(kernel: str | None) -> ms.space_generator.SpaceGenerator | str:
-    """The space generator for a task of the given kernel family (``None``: generic)."""
+def space_for(kernel: str | None, target=None) -> ms.space_generator.SpaceGenerator | str:
+    """The space generator for a task of the given kernel family (``None``: generic).
+
+    A registered space function runs inside ``with target:`` (MetaSchedule calls it with the
+    schedule only), so it can read the vector width and core count from ``Target.current()``.
+    """
     entry = _SPACES.get(kernel) if kernel else None
     if entry is None:
         return "post-order-apply"
     fn, target_postprocs = entry
+    if target is not None:
+        inner = fn
+
+        def fn(sch: s_tir.Schedule) -> None:
+            with target:
+                inner(sch)
+
     return ms.space_generator.ScheduleFn(
         fn, sch_rules=[], postprocs="from-target" if target_postprocs else [],
         mutator_probs="from-target")

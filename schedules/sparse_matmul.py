@@ -111,6 +111,19 @@ class SparseWeight:
         return m[: self.shape[0], : self.shape[1]]
 
 
+L2_PANEL_BYTES = 512 * 1024  # half of a Zen 5 core's L2 for the gathered rows of B
+
+
+def panel_width(k: int, p: int, lanes: int = 16) -> int:
+    """Columns of ``B`` per panel: the widest multiple of the vector width dividing ``p``
+    whose ``k`` rows fit :data:`L2_PANEL_BYTES` (all of ``p`` when it has no such divisor)."""
+    widths = [w for w in range(lanes, p + 1, lanes) if p % w == 0]
+    fitting = [w for w in widths if k * w * 4 <= L2_PANEL_BYTES]
+    if fitting:
+        return max(fitting)
+    return min(widths) if widths else p
+
+
 def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"] = "kp",
                        y_layout: Literal["np", "pn"] = "np", bias: bool = False,
                        act: Activation = "none") -> tirx.PrimFunc:
@@ -130,8 +143,10 @@ def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"]
     y_shape = (i64(n), i64(p)) if y_layout == "np" else (i64(p), i64(n))
     lo, hi = (0.0, 6.0) if act == "relu6" else (0.0, 3.4e38)
     relu, pack, np_out = act != "none", b_layout == "pk", y_layout == "np"
-    copy = not pack and kp == k
-
+    # p is padded to whole vectors (zeros in the packed B) so every tile vectorizes
+    pw = -(-p // 16) * 16 if p > 16 else p
+    copy = not pack and kp == k and pw == p
+    panel = panel_width(kp, pw)
     @T.prim_func(s_tir=True)
     def kernel(b_h: T.handle, d_h: T.handle, i_h: T.handle, r_h: T.handle, bias_h: T.handle,
                y_h: T.handle):
@@ -144,40 +159,45 @@ def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"]
         PTR = T.match_buffer(r_h, (nb + 1,), "int32")
         BIAS = T.match_buffer(bias_h, (i64(n),), "float32")
         Y = T.match_buffer(y_h, y_shape, "float32")
-        BK = T.alloc_buffer((kp, p), "float32")
-        ACC = T.alloc_buffer((nb * br, p), "float32")
+        BK = T.alloc_buffer((kp, pw), "float32")
+        ACC = T.alloc_buffer((nb * br, pw), "float32")
         SRC = B if copy else BK  # B is already k x p: no packing
         if not copy:
-            for kk, pp in T.grid(kp, p):
+            for kk, pp in T.grid(kp, pw):
                 with T.sblock("pack"):
                     vk, vp = T.axis.remap("SS", [kk, pp])
                     if pack:
-                        BK[vk, vp] = T.if_then_else(vk < k, B[vp, T.min(vk, k - 1)],
-                                                    T.float32(0))
+                        BK[vk, vp] = T.if_then_else(
+                            vk < k and vp < p, B[T.min(vp, p - 1), T.min(vk, k - 1)],
+                            T.float32(0))
                     else:
-                        BK[vk, vp] = T.if_then_else(vk < k, B[T.min(vk, k - 1), vp],
-                                                    T.float32(0))
-        for i in range(nb):
-            # One block row per outer block: the data-dependent reduction is confined to its
-            # scope, so the root scope stays a clean producer-consumer pipeline.
+                        BK[vk, vp] = T.if_then_else(
+                            vk < k and vp < p, B[T.min(vk, k - 1), T.min(vp, p - 1)],
+                            T.float32(0))
+        for po, i in T.grid(pw // panel, nb):
+            # One block row of one column panel per outer block: the data-dependent reduction
+            # is confined to its scope, so the root scope stays a clean producer-consumer
+            # pipeline. Panels keep the gathered rows of B in L2.
             with T.sblock("row"):
-                vi = T.axis.spatial(nb, i)
-                T.reads(PTR[vi:vi + 2], D[0:nnzb, 0:br, 0:bc], IND[0:nnzb], SRC[0:kp, 0:p])
-                T.writes(ACC[vi * br:vi * br + br, 0:p])
+                vpo, vi = T.axis.remap("SS", [po, i])
+                T.reads(PTR[vi:vi + 2], D[0:nnzb, 0:br, 0:bc], IND[0:nnzb],
+                        SRC[0:kp, vpo * panel:vpo * panel + panel])
+                T.writes(ACC[vi * br:vi * br + br, vpo * panel:vpo * panel + panel])
                 T.sblock_attr({"squeezer.kernel": KERNEL})
-                for jj, r, c, pp in T.grid(PTR[vi + 1] - PTR[vi], br, bc, p):
+                for jj, r, c, pp in T.grid(PTR[vi + 1] - PTR[vi], br, bc, panel):
                     with T.sblock("update"):
                         vr, vp = T.axis.remap("SS", [r, pp])
                         vj = T.axis.reduce(nnzb, jj)
                         vc = T.axis.reduce(bc, c)
                         T.reads(PTR[vi], D[PTR[vi] + vj, vr, vc], IND[PTR[vi] + vj],
-                                SRC[T.Cast("int32", IND[PTR[vi] + vj]) * bc + vc, vp])
-                        T.writes(ACC[vi * br + vr, vp])
+                                SRC[T.Cast("int32", IND[PTR[vi] + vj]) * bc + vc,
+                                    vpo * panel + vp])
+                        T.writes(ACC[vi * br + vr, vpo * panel + vp])
                         with T.init():
-                            ACC[vi * br + vr, vp] = T.float32(0)
-                        ACC[vi * br + vr, vp] = ACC[vi * br + vr, vp] + D[
-                            PTR[vi] + vj, vr, vc] * SRC[
-                            T.Cast("int32", IND[PTR[vi] + vj]) * bc + vc, vp]
+                            ACC[vi * br + vr, vpo * panel + vp] = T.float32(0)
+                        ACC[vi * br + vr, vpo * panel + vp] = ACC[
+                            vi * br + vr, vpo * panel + vp] + D[PTR[vi] + vj, vr, vc] * SRC[
+                            T.Cast("int32", IND[PTR[vi] + vj]) * bc + vc, vpo * panel + vp]
         for o, pp in T.grid(n, p):
             with T.sblock("epilogue"):
                 vo, vp = T.axis.remap("SS", [o, pp])
@@ -208,12 +228,14 @@ class Knobs:
 
 
 def _shapes(sch: s_tir.Schedule) -> tuple[int, int, int, int]:
-    """``(block rows, br, bc, p)`` of the kernel being scheduled."""
+    """``(block rows, br, bc, panel)`` of the kernel being scheduled (``panel``: the columns
+    of ``B`` one row block works on, all of ``p`` or a divisor)."""
     acc = sch.get(sch.get_sblock("update")).writes[0].source
     d = sch.mod["main"].params[1]  # a buffer parameter: it has the data's shape
-    rows, p = (int(x) for x in acc.shape)
+    rows = int(acc.shape[0])
     br = int(d.shape[1])
-    return rows // br, br, int(d.shape[2]), p
+    panel = int(sch.get(sch.get_loops(sch.get_sblock("update"))[-1]).extent)
+    return rows // br, br, int(d.shape[2]), panel
 
 
 def tile_widths(p: int, br: int, lanes: int) -> list[int]:
@@ -250,36 +272,45 @@ def schedule(sch: s_tir.Schedule, pt, target: Target) -> None:
     for block in epilogue[1:]:  # bias add, activation fused after the epilogue
         sch.reverse_compute_inline(block)
     row, upd = sch.get_sblock("row"), sch.get_sblock("update")
-    nb = int(sch.get(sch.get_loops(row)[0]).extent)
-    pn = _writes_transposed(sch, epilogue[-1])
+    po, i = sch.get_loops(row)
+    nb = int(sch.get(i).extent)
+    pn = _writes_transposed(sch, epilogue[0])
     # Rows per group: a "pn" output is written a vector of rows at a time.
     group = _largest_divisor(nb, max(1, lanes // br) if pn else 1)
-    io, _ = sch.split(sch.get_loops(row)[0], [None, group])
+    io, _ = sch.split(i, [None, group])
+    tile = sch.fuse(po, io)
     jj, r, c, pp = sch.get_loops(upd)[-4:]
-    po, pi = sch.split(pp, [None, pt])
-    sch.reorder(po, jj, c, r, pi)
+    pto, pti = sch.split(pp, [None, pt])
+    sch.reorder(pto, jj, c, r, pti)
     acc = sch.cache_write(upd, 0, "local")
-    sch.reverse_compute_at(acc, po)
+    sch.reverse_compute_at(acc, pto)
     if along_p:
-        sch.vectorize(pi)
+        sch.vectorize(pti)
         sch.vectorize(sch.get_loops(acc)[-1])
         sch.unroll(r)
     elif br >= 4:
         sch.vectorize(r)
     sch.unroll(c)
     sch.decompose_reduction(upd, jj)
-    sch.reverse_compute_at(epilogue[0], io)
-    inner = sch.get_loops(epilogue[0])[1:]  # unit loops are gone (p == 1, one row)
-    if len(inner) == 2:
-        rows_loop, cols_loop = inner
-        if pn:
-            sch.reorder(cols_loop, rows_loop)
-            if group * br % lanes == 0:
-                sch.vectorize(rows_loop)
-        elif along_p:
-            sch.vectorize(cols_loop)
+    if len(sch.get_loops(epilogue[0])) == 2:
+        # matrix output: written per row group while the rows are in L1
+        sch.reverse_compute_at(epilogue[0], tile)
+        inner = sch.get_loops(epilogue[0])[1:]  # unit loops are gone (p == 1, one row)
+        if len(inner) == 2:
+            rows_loop, cols_loop = inner
+            if pn:
+                sch.reorder(cols_loop, rows_loop)
+                if group * br % lanes == 0:
+                    sch.vectorize(rows_loop)
+            elif along_p:
+                sch.vectorize(cols_loop)
+    else:
+        # convolution output (rows of the extended width, cropped): its own parallel pass
+        out_loops = sch.get_loops(epilogue[0])
+        if num_cores(target) > 1:
+            sch.parallel(out_loops[0])
     if num_cores(target) > 1:
-        sch.parallel(io)
+        sch.parallel(tile)
     if "pack" in blocks:
         _schedule_pack(sch, sch.get_sblock("pack"), target)
 
@@ -296,15 +327,23 @@ def _writes_transposed(sch: s_tir.Schedule, block) -> bool:
 
 
 def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
-    """``BK[k, p] = B[p, k]``: a transpose in 16 x 16 tiles (both sides stay in cache lines)."""
-    kk, pp = sch.get_loops(pack)
+    """``BK[k, p] = B[p, k]``: a transpose in 16 x 16 tiles (both sides stay in cache lines).
+    A one-loop pack (the convolution's phase planes) is split into parallel chunks."""
+    loops = sch.get_loops(pack)
+    cores = num_cores(target)
+    if len(loops) == 1:
+        if cores > 1:
+            outer, _ = sch.split(loops[0], [cores * 4, None])
+            sch.parallel(outer)
+        return
+    kk, pp = loops
     kext, pext = (int(sch.get(lp).extent) for lp in (kk, pp))
     tk, tp = _largest_divisor(kext, 16), _largest_divisor(pext, 16)
     ko, ki = sch.split(kk, [None, tk])
     po, pi = sch.split(pp, [None, tp])
     sch.reorder(ko, po, pi, ki)
     sch.unroll(ki)
-    if num_cores(target) > 1:
+    if cores > 1:
         sch.parallel(ko)
 
 
@@ -368,7 +407,8 @@ def estimate_seconds(n: int, k: int, p: int, block: tuple[int, int] | None, nnzb
 
 
 def choose_format(w: np.ndarray, p: int, target: Target | None = None, *,
-                  log: list[dict] | None = None, where: str = "") -> tuple[int, int] | None:
+                  log: list[dict] | None = None, where: str = "",
+                  blocks: tuple[tuple[int, int], ...] = BLOCKS) -> tuple[int, int] | None:
     """The block shape to store ``w`` (``n x k``) in for a product with ``p`` columns, or
     ``None`` where the dense kernel is predicted faster."""
     cores = num_cores(target) if target is not None else 1
@@ -377,7 +417,7 @@ def choose_format(w: np.ndarray, p: int, target: Target | None = None, *,
     dense = estimate_seconds(n, k, p, None, 0, cores)
     best, best_s = None, dense * MARGIN
     if density < 0.6:
-        for block in BLOCKS:
+        for block in blocks:
             s = estimate_seconds(n, k, p, block, stored_blocks(w, block), cores)
             if s < best_s:
                 best, best_s = block, s

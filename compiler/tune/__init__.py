@@ -10,6 +10,7 @@ arguments. ``compile`` applies matching records (see :func:`records_for_compile`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -167,56 +168,78 @@ def tune(
 
     import_tensor_intrinsics()
     threads = check_threads(threads)
-    host = detect_host()
-    target = make_target(threads, host)
-    target_key = host.key
-    root = Path(records) if records is not None else default_records_root()
-    out_dir = _key_dir(root, target_key)
+    with kernel_args_dir() as args_dir:
+        host = detect_host()
+        target = make_target(threads, host)
+        target_key = host.key
+        root = Path(records) if records is not None else default_records_root()
+        out_dir = _key_dir(root, target_key)
 
-    builder, runner, rpc_info = _make_builder_runner(threads, rpc, key, runner_timeout)
+        builder, runner, rpc_info = _make_builder_runner(threads, rpc, key, runner_timeout)
 
-    imported = import_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
-    prepared = prepare_for_tuning(imported.mod, target)
-    tasks = extract(prepared, target)
-    if not tasks:
-        raise TuningError("the model has no kernels to tune")
-    read = [_key_dir(shipped_records_root(), target_key)] if warm_start else []
-    store = RecordStore(read_dirs=read, write_dir=out_dir)
-    already = []
-    for t in tasks:
-        k = store.commit_task(t.mod, t.name)
-        t.trials = sum(1 for m in store.measurements if m.workload == k and m.source == out_dir)
-        t.best_seconds = store.best_seconds(t.mod) if t.trials else None
-        already.append(t.trials)
-    peak, bw = peak_flops(target), memory_bandwidth()
-    bounds = [t.roofline_seconds(peak, bw) for t in tasks]
-    emit("tasks", tasks=tasks, target_key=target_key, records_dir=out_dir, rpc=rpc_info)
-    import datetime as _dt
+        imported = import_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
+        prepared = prepare_for_tuning(imported.mod, target)
+        from squeezer.tune.args import save_kernel_args
 
-    store.commit_run({
-        "model": model_name or _model_name(model),
-        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "threads": threads, "trials": trials, "rpc": rpc,
-        "tasks": [{"workload": store.commit_key(t.mod), "name": t.name, "calls": t.weight,
-                   "flops": t.flops} for t in tasks],
-    })
+        save_kernel_args(prepared, args_dir)
+        tasks = extract(prepared, target)
+        if not tasks:
+            raise TuningError("the model has no kernels to tune")
+        read = [_key_dir(shipped_records_root(), target_key)] if warm_start else []
+        store = RecordStore(read_dirs=read, write_dir=out_dir)
+        already = []
+        for t in tasks:
+            k = store.commit_task(t.mod, t.name)
+            t.trials = sum(1 for m in store.measurements if m.workload == k and m.source == out_dir)
+            t.best_seconds = store.best_seconds(t.mod) if t.trials else None
+            already.append(t.trials)
+        peak, bw = peak_flops(target), memory_bandwidth()
+        bounds = [t.roofline_seconds(peak, bw) for t in tasks]
+        emit("tasks", tasks=tasks, target_key=target_key, records_dir=out_dir, rpc=rpc_info)
+        import datetime as _dt
 
-    _measure_defaults(tasks, target, builder, runner, store, emit, again=remeasure_defaults)
-    result = TuneResult(tasks, out_dir, target_key, 0, "trials 0" if trials == 0 else "",
-                        bounds=bounds)
-    if trials == 0:
+        store.commit_run({
+            "model": model_name or _model_name(model),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "threads": threads, "trials": trials, "rpc": rpc,
+            "tasks": [{"workload": store.commit_key(t.mod), "name": t.name, "calls": t.weight,
+                       "flops": t.flops} for t in tasks],
+        })
+
+        _measure_defaults(tasks, target, builder, runner, store, emit, again=remeasure_defaults)
+        result = TuneResult(tasks, out_dir, target_key, 0, "trials 0" if trials == 0 else "",
+                            bounds=bounds)
+        if trials == 0:
+            emit("done", result=result)
+            return result
+        budget, result.warm_samples = run_search(
+            tasks, target, store, builder, runner, trials=trials, per_iter=per_iter,
+            time_budget=time_budget, warm_start=warm_start, seed=seed, threads=threads,
+            bounds=bounds, already=already, emit=emit,
+        )
+        result.trials_run = budget.done
+        result.elapsed = budget.elapsed()
+        result.stop_reason = budget.stop_reason or "search finished"
         emit("done", result=result)
         return result
-    budget, result.warm_samples = run_search(
-        tasks, target, store, builder, runner, trials=trials, per_iter=per_iter,
-        time_budget=time_budget, warm_start=warm_start, seed=seed, threads=threads,
-        bounds=bounds, already=already, emit=emit,
-    )
-    result.trials_run = budget.done
-    result.elapsed = budget.elapsed()
-    result.stop_reason = budget.stop_reason or "search finished"
-    emit("done", result=result)
-    return result
+
+
+@contextlib.contextmanager
+def kernel_args_dir():
+    """A temporary directory for :mod:`squeezer.tune.args`, named in ``$SQUEEZER_TUNE_ARGS``
+    for the runners' worker processes while the block runs."""
+    from squeezer.tune.args import ENV
+
+    old = os.environ.get(ENV)
+    with tempfile.TemporaryDirectory(prefix="squeezer-args-") as d:
+        os.environ[ENV] = d
+        try:
+            yield Path(d)
+        finally:
+            if old is None:
+                os.environ.pop(ENV, None)
+            else:
+                os.environ[ENV] = old
 
 
 def _model_name(model) -> str:
@@ -244,7 +267,7 @@ def run_search(tasks: list[Task], target, store: RecordStore, builder, runner, *
     with tempfile.TemporaryDirectory(prefix="squeezer-tune-") as work_dir:
         ctxs = [
             ms.TuneContext(
-                mod=t.mod, target=target, space_generator=_space_for(t),
+                mod=t.mod, target=target, space_generator=_space_for(t, target),
                 search_strategy=ms.search_strategy.EvolutionarySearch(population_size=256),
                 task_name=t.name, num_threads=threads, rand_state=seed + i + 1,
             ).clone()
@@ -283,16 +306,17 @@ def warm_start_model(cost_model, store: RecordStore, target, tasks: list[Task]) 
     return warm_start(cost_model, store, target, skip=set())
 
 
-def _space_for(task: Task):
+def _space_for(task: Task, target=None):
     """The task's design space: a registered one for squeezer's own kernels, else MetaSchedule's."""
     from squeezer.schedules.spaces import space_for
 
-    return space_for(task.kernel)
+    return space_for(task.kernel, target)
 
 
 def _make_builder_runner(threads: int, rpc: str | None, key: str | None, timeout: float):
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=40,
                                           enable_cpu_cache_flush=False)
+    from squeezer.tune.args import alloc_local, alloc_rpc
     from squeezer.tune.builder import PooledBuilder
 
     builder = PooledBuilder(max_workers=threads, initializer=_quiet_worker)
@@ -300,7 +324,8 @@ def _make_builder_runner(threads: int, rpc: str | None, key: str | None, timeout
         if key is not None:
             raise TuningError("--key names a device of an RPC tracker: give --rpc HOST:PORT too")
         runner = ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator,
-                                       initializer=_runner_init(threads))
+                                       initializer=_runner_init(threads),
+                                       f_alloc_argument=alloc_local)
         return builder, runner, None
     from squeezer.tune.farm import check_tracker, parse_hostport
 
@@ -311,7 +336,7 @@ def _make_builder_runner(threads: int, rpc: str | None, key: str | None, timeout
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=timeout)
     runner = ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
-                                 max_workers=max(1, servers))
+                                 max_workers=max(1, servers), f_alloc_argument=alloc_rpc)
     from tvm.support.popen_pool import PopenPoolExecutor
 
     # TVM's RPCRunner pool has no timeout: a request for a key whose servers all died would

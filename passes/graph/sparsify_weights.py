@@ -1,8 +1,10 @@
 """Rewrite products with sparse constant weights to squeezer's ``sparse_matmul`` kernel.
 
-Matches ``matmul(x, W)`` (a linear layer after ``FoldConstant``; ``x`` of any rank) and 1x1
+Matches ``matmul(x, W)`` (a linear layer after ``FoldConstant``; ``x`` of any rank), 1x1
 ``conv2d(x, W)`` (NCHW, batch 1, no padding, groups 1; stride 2 becomes a strided slice of
-``x`` first) whose weight is a constant. For each, a cost model
+``x`` first) and KxK ``conv2d`` (NCHW, batch 1, groups 1, stride 1 or 2, symmetric padding:
+the direct sparse convolution of :mod:`squeezer.schedules.sparse_conv2d`) whose weight is a
+constant. Depthwise and grouped convolutions stay dense. For each, a cost model
 (:func:`squeezer.schedules.sparse_matmul.choose_format`) compares the dense kernel with the
 sparse kernel for every supported block shape, using the weight's actual zero pattern, and
 rewrites only where a sparse format is predicted faster. A model pruned by another tool (zeros
@@ -23,11 +25,14 @@ from tvm import relax
 from tvm.ir import Op
 from tvm.relax import PyExprMutator, expr_functor
 
+from squeezer.schedules.sparse_conv2d import conv_geometry, conv_offsets, sparse_conv2d_func
 from squeezer.schedules.sparse_matmul import (
     SparseWeight,
     choose_format,
     sparse_matmul_func,
 )
+
+CONV_BLOCKS = ((1, 1), (4, 1), (8, 1), (16, 1))  # direct convolution: blocks of output rows
 
 
 def _is_const(expr: relax.Expr) -> bool:
@@ -62,6 +67,8 @@ class _Sparsify(PyExprMutator):
             new = self._matmul(call)
         elif call.op.name == "relax.nn.conv2d":
             new = self._conv1x1(call)
+            if new is None:
+                new = self._conv_direct(call)
         return call if new is None else new
 
     def _sparse_call(self, w: np.ndarray, b: relax.Expr, p: int, b_layout: str,
@@ -120,6 +127,41 @@ class _Sparsify(PyExprMutator):
         if y is None:
             return None
         return relax.op.reshape(self.builder_.emit(y), (1, o, h, wd))
+
+
+    def _conv_direct(self, call: relax.Call) -> relax.Expr | None:
+        """A KxK convolution (K > 1) with sparse weights: the direct sparse kernel."""
+        x, w = call.args
+        a = call.attrs
+        xs, ws = _static_shape(x), _static_shape(w)
+        if not _is_const(w) or xs is None or ws is None or xs[0] != 1:
+            return None
+        if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
+            return None
+        if int(a.groups) != 1 or x.ty.dtype != "float32" or ws[2:] == [1, 1]:
+            return None
+        if any(int(v) != 1 for v in a.dilation):
+            return None
+        strides = [int(v) for v in a.strides]
+        pad = [int(v) for v in a.padding]  # top, left, bottom, right
+        if strides[0] != strides[1] or strides[0] not in (1, 2):
+            return None
+        if pad[0] != pad[2] or pad[1] != pad[3]:
+            return None
+        geo = conv_geometry(tuple(xs[1:]), tuple(ws[2:]), strides[0], (pad[0], pad[1]))
+        weight = w.value.numpy()
+        o = ws[0]
+        block = choose_format(weight.reshape(o, -1), geo["oh"] * geo["ow"], self.target,
+                              log=self.log, where=f"conv{ws[2]}x{ws[3]} {tuple(xs)} -> {o}",
+                              blocks=CONV_BLOCKS)
+        if block is None:
+            return None
+        sw = conv_offsets(weight, block, geo)
+        gv = self.builder_.add_func(sparse_conv2d_func(sw, geo), "sparse_conv2d")
+        args = [x, relax.const(sw.data), relax.const(sw.indices), relax.const(sw.indptr),
+                relax.const(np.zeros(o, np.float32))]
+        return relax.call_tir(gv, args, out_ty=relax.TensorType(
+            (1, o, geo["oh"], geo["ow"]), "float32"))
 
 
 def sparsify_weights(log: list[dict] | None = None) -> tvm.transform.Pass:
