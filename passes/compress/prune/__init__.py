@@ -30,6 +30,7 @@ from . import (
     datafree,  # noqa: F401  (registers "datafree")
     density_diversity,  # noqa: F401  (registers "density_diversity")
     dns,  # noqa: F401  (registers "dns")
+    guided,  # noqa: F401  (registers "guided")
     magnitude,  # noqa: F401  (registers "magnitude")
     nm,  # noqa: F401  (registers "nm")
     obd,  # noqa: F401  (registers "obd")
