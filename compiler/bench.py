@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +30,38 @@ class Row:
     note: str = ""
 
 
-def time_call(fn: Callable[[], object], repeat: int = 50, warmup: int = 5) -> tuple[float, ...]:
-    """Median, min and max milliseconds of ``fn()`` over ``repeat`` calls after ``warmup``."""
+@dataclass
+class Report:
+    """What a suite hands back: measured rows, the tables to print and extra JSON fields."""
+
+    rows: list[Row]
+    tables: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def time_call(fn: Callable[[], object], repeat: int = 50, warmup: int = 5,
+              number: int = 1) -> tuple[float, ...]:
+    """Median, min and max milliseconds of ``fn()`` over ``repeat`` samples after ``warmup``
+    calls; a sample is the mean of ``number`` back-to-back calls (for calls of microseconds)."""
     if repeat < 1:
         raise SqueezerError(f"--repeat must be >= 1, got {repeat}")
+    if number < 1:
+        raise SqueezerError(f"number must be >= 1, got {number}")
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) * 1e3 / number)
     arr = np.asarray(samples)
     return float(np.median(arr)), float(arr.min()), float(arr.max())
 
 
 def row(case: str, impl: str, fn: Callable[[], object], threads: int, repeat: int,
-        warmup: int = 5) -> Row:
-    med, lo, hi = time_call(fn, repeat, warmup)
+        warmup: int = 5, number: int = 1) -> Row:
+    med, lo, hi = time_call(fn, repeat, warmup, number)
     return Row(case, impl, med, lo, hi, threads)
 
 
@@ -87,11 +101,11 @@ def squeezer_runner(module, arrays: Sequence[np.ndarray]) -> Callable[[], object
 
 
 # -- reporting -----------------------------------------------------------------------------------
-def write_json(rows: Sequence[Row], path: str | os.PathLike) -> None:
-    """Write ``{"rows": [...]}`` atomically."""
+def write_json(rows: Sequence[Row], path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write ``{"rows": [...], **extra}`` atomically."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2))
+    tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows], **(extra or {})}, indent=2))
     os.replace(tmp, path)
 
 

@@ -217,23 +217,27 @@ def cmd_bench(args) -> int:
     from squeezer import bench
 
     con = _console(args)
+    title = f"squeezer bench {args.target}"
     if args.target in bench_suites():
-        rows = bench_suites()[args.target](args, con)
-        title = f"squeezer bench {args.target}"
+        result = bench_suites()[args.target](args, con)
     else:
-        rows = bench.bench_artifact(args.target, inputs=args.inputs, repeat=args.repeat,
-                                    against=args.against, threads=args.threads)
-        title = f"squeezer bench {args.target}"
-    con.print(bench.table(rows, title=title))
+        result = bench.bench_artifact(args.target, inputs=args.inputs, repeat=args.repeat,
+                                      against=args.against, threads=args.threads)
+    # A suite returns plain rows (one table) or a Report with its own tables and JSON fields.
+    if not isinstance(result, bench.Report):
+        result = bench.Report(list(result), [bench.table(result, title=title)])
+    for t in result.tables:
+        con.print(t)
     if args.json:
-        bench.write_json(rows, args.json)
+        bench.write_json(result.rows, args.json, extra=result.extra)
     return 0
 
 
 def bench_suites() -> dict:
+    from squeezer.bench_sparse import run_sparse_suite
     from squeezer.bench_zoo import run_zoo_suite
 
-    return {"zoo": run_zoo_suite}
+    return {"zoo": run_zoo_suite, "sparse": run_sparse_suite}
 
 
 def cmd_info(args) -> int:
@@ -352,14 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", parents=[common],
-                       help="time an artifact against a peer, or run a suite (zoo)")
-    p.add_argument("target", metavar="ARTIFACT|SUITE", help="model.sqz, or a suite name: zoo")
+                       help="time an artifact against a peer, or run a suite (zoo, sparse)")
+    p.add_argument("target", metavar="ARTIFACT|SUITE",
+                   help="model.sqz, or a suite name: zoo, sparse")
     p.add_argument("--inputs", help=".npz of inputs (default: random)")
     p.add_argument("--repeat", type=_positive_int, default=50)
     p.add_argument("--against", help="peer model on the same inputs: .onnx (onnxruntime) or "
                                      ".pt2 (torch)")
     p.add_argument("--threads", type=_positive_int, help="threads for every implementation")
     p.add_argument("--models", nargs="*", help="suite zoo: which models (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="suite sparse: a reduced case list (the goal cases only)")
     p.add_argument("--json", metavar="FILE", help="write rows as JSON")
     p.set_defaults(func=cmd_bench)
 
