@@ -33,6 +33,7 @@ from ._common import AnalyzedRule, num_cores, vector_lanes
 from .spaces import register_space
 
 KERNEL = "sparse_matmul"
+GEMV_LANES = 16  # independent accumulators of the CSR matrix-vector kernel (one vector)
 Activation = Literal["none", "relu", "relu6"]
 
 
@@ -63,10 +64,21 @@ class SparseWeight:
     indptr: np.ndarray
 
     @classmethod
-    def from_dense(cls, w: np.ndarray, block: tuple[int, int] = (1, 1)) -> SparseWeight:
+    def for_product(cls, w: np.ndarray, block: tuple[int, int], p: int) -> SparseWeight:
+        """``w`` stored for a product with ``p`` columns: for a CSR matrix-vector product
+        (``p == 1``, 1x1 blocks) each row is padded to whole :data:`GEMV_LANES`, which the
+        kernel then walks ``GEMV_LANES`` entries at a time."""
+        lanes = GEMV_LANES if p == 1 and tuple(block) == (1, 1) else 1
+        return cls.from_dense(w, block, row_multiple=lanes)
+
+    @classmethod
+    def from_dense(cls, w: np.ndarray, block: tuple[int, int] = (1, 1),
+                   row_multiple: int = 1) -> SparseWeight:
         """Store the non-zero blocks of ``w`` (2-D); a block with any non-zero is kept whole.
 
-        Sizes that are not a multiple of the block are padded with zero rows/columns.
+        Sizes that are not a multiple of the block are padded with zero rows/columns. With
+        ``row_multiple > 1`` every block row holds a multiple of that many blocks (zero blocks
+        at column 0 fill up), at least one multiple.
         """
         if w.ndim != 2:
             raise ValueError(f"sparse weight must be 2-D, got shape {w.shape}")
@@ -84,9 +96,21 @@ class SparseWeight:
         empty = ~keep.any(axis=1)
         keep[empty, 0] = True
         rows, cols = np.nonzero(keep)  # row-major: sorted by row, then column
+        counts = keep.sum(axis=1)
+        data = blocks[rows, cols]
+        if row_multiple > 1:
+            m = row_multiple
+            want = np.maximum(-(-counts // m) * m, m)
+            starts = np.concatenate([[0], np.cumsum(counts)])
+            cols = np.concatenate([np.pad(cols[starts[r]:starts[r + 1]], (0, want[r] - c))
+                                   for r, c in enumerate(counts)])
+            data = np.concatenate([np.pad(data[starts[r]:starts[r + 1]],
+                                          ((0, want[r] - c), (0, 0), (0, 0)))
+                                   for r, c in enumerate(counts)])
+            counts = want
         indptr = np.zeros(keep.shape[0] + 1, np.int32)
-        np.cumsum(keep.sum(axis=1), out=indptr[1:])
-        return cls((n, k), (br, bc), np.ascontiguousarray(blocks[rows, cols], dtype=np.float32),
+        np.cumsum(counts, out=indptr[1:])
+        return cls((n, k), (br, bc), np.ascontiguousarray(data, dtype=np.float32),
                    cols.astype(index_dtype(kb)), indptr)
 
     @property
@@ -138,6 +162,8 @@ def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"]
     Parameters are ``(B, data, indices, indptr[, bias], Y)``; the function carries
     ``squeezer.kernel = "sparse_matmul"`` so the tuner searches its registered space.
     """
+    if _is_gemv(w, p):
+        return _gemv_func(w, b_layout=b_layout, y_layout=y_layout, act=act)
     n, k = w.shape
     br, bc = w.block
     nb, nnzb, idt = w.indptr.shape[0] - 1, max(w.nnzb, 1), str(w.indices.dtype)
@@ -225,6 +251,104 @@ def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"]
     return kernel.without_attr("global_symbol")
 
 
+def _is_gemv(w: SparseWeight, p: int) -> bool:
+    """A CSR matrix-vector product stored by :meth:`SparseWeight.for_product`."""
+    lengths = np.diff(w.indptr)
+    return p == 1 and w.block == (1, 1) and bool(np.all(lengths % GEMV_LANES == 0)) \
+        and lengths.size > 0 and int(lengths.min()) >= GEMV_LANES
+
+
+def _gemv_func(w: SparseWeight, *, b_layout: str, y_layout: str,
+               act: Activation) -> tirx.PrimFunc:
+    """``y = W x`` for CSR ``W`` whose rows hold whole :data:`GEMV_LANES`: each row is walked
+    ``GEMV_LANES`` entries at a time into as many independent accumulators (one vector), so
+    the gathers and multiply-adds of consecutive entries overlap instead of waiting on one
+    accumulator; the lanes are summed at the end of the row."""
+    n, k = w.shape
+    nnzb, idt, lanes = w.nnzb, str(w.indices.dtype), GEMV_LANES
+    i64 = functools.partial(tirx.IntImm, "int64")
+    b_shape = (i64(k), i64(1)) if b_layout == "kp" else (i64(1), i64(k))
+    y_shape = (i64(n), i64(1)) if y_layout == "np" else (i64(1), i64(n))
+    col = b_layout == "kp"
+    np_out = y_layout == "np"
+    lo, hi = (0.0, 6.0) if act == "relu6" else (0.0, 3.4e38)
+    relu = act != "none"
+
+    @T.prim_func(s_tir=True)
+    def kernel(b_h: T.handle, d_h: T.handle, i_h: T.handle, r_h: T.handle, bias_h: T.handle,
+               y_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "squeezer.kernel": KERNEL, "op_pattern": 4})
+        B = T.match_buffer(b_h, b_shape, "float32")
+        D = T.match_buffer(d_h, (nnzb, 1, 1), "float32")
+        IND = T.match_buffer(i_h, (nnzb,), idt)
+        PTR = T.match_buffer(r_h, (n + 1,), "int32")
+        BIAS = T.match_buffer(bias_h, (i64(n),), "float32")
+        Y = T.match_buffer(y_h, y_shape, "float32")
+        PART = T.alloc_buffer((n, lanes), "float32")
+        SUM = T.alloc_buffer((n,), "float32")
+        for i in range(n):
+            with T.sblock("row"):
+                vi = T.axis.spatial(n, i)
+                T.reads(PTR[vi:vi + 2], D[0:nnzb, 0, 0], IND[0:nnzb], B[0:b_shape[0], 0:b_shape[1]])
+                T.writes(PART[vi, 0:lanes])
+                T.sblock_attr({"squeezer.kernel": KERNEL, "squeezer.gemv": 1})
+                for jj, lane in T.grid((PTR[vi + 1] - PTR[vi]) // lanes, lanes):
+                    with T.sblock("update"):
+                        vl = T.axis.spatial(lanes, lane)
+                        vj = T.axis.reduce(nnzb, jj)
+                        with T.init():
+                            PART[vi, vl] = T.float32(0)
+                        if col:
+                            PART[vi, vl] = PART[vi, vl] + D[PTR[vi] + vj * lanes + vl, 0, 0] * B[
+                                T.Cast("int32", IND[PTR[vi] + vj * lanes + vl]), 0]
+                        else:
+                            PART[vi, vl] = PART[vi, vl] + D[PTR[vi] + vj * lanes + vl, 0, 0] * B[
+                                0, T.Cast("int32", IND[PTR[vi] + vj * lanes + vl])]
+        for o, lane in T.grid(n, lanes):
+            with T.sblock("lanes"):
+                vo, vl = T.axis.remap("SR", [o, lane])
+                with T.init():
+                    SUM[vo] = T.float32(0)
+                SUM[vo] = SUM[vo] + PART[vo, vl]
+        for o in range(n):
+            with T.sblock("epilogue"):
+                vo = T.axis.spatial(n, o)
+                if np_out:
+                    if relu:
+                        Y[vo, 0] = T.min(T.max(SUM[vo] + BIAS[vo], T.float32(lo)), T.float32(hi))
+                    else:
+                        Y[vo, 0] = SUM[vo] + BIAS[vo]
+                else:
+                    if relu:
+                        Y[0, vo] = T.min(T.max(SUM[vo] + BIAS[vo], T.float32(lo)), T.float32(hi))
+                    else:
+                        Y[0, vo] = SUM[vo] + BIAS[vo]
+
+    return kernel.without_attr("global_symbol")
+
+
+def _schedule_gemv(sch: s_tir.Schedule, target: Target) -> None:
+    """Rows in parallel groups; in a row, one vector of accumulators over its entries."""
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    for name in reversed(blocks[:blocks.index("row")]):  # reshapes FuseOps put before
+        sch.compute_inline(sch.get_sblock(name))
+    for name in blocks[blocks.index("epilogue") + 1:]:  # bias add, activation fused after
+        sch.reverse_compute_inline(sch.get_sblock(name))
+    row, upd = sch.get_sblock("row"), sch.get_sblock("update")
+    (i,) = sch.get_loops(row)
+    n = int(sch.get(i).extent)
+    io, _ = sch.split(i, [None, _largest_divisor(n, 32)])
+    jj, lane = sch.get_loops(upd)[-2:]
+    acc = sch.cache_write(upd, 0, "local")
+    sch.vectorize(lane)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.decompose_reduction(upd, jj)
+    sch.reverse_compute_at(sch.get_sblock("lanes"), io)
+    sch.reverse_compute_at(sch.get_sblock("epilogue"), io)
+    if num_cores(target) > 1:
+        sch.parallel(io)
+
+
 @dataclass(frozen=True)
 class Knobs:
     """The schedule's choice: ``pt`` columns of ``Y`` per tile (a multiple of the vector width
@@ -267,6 +391,9 @@ def schedule(sch: s_tir.Schedule, pt, target: Target) -> None:
     blocks stream past, and the epilogue (with whatever ``FuseOps`` fused after it) writes
     the row out while it is still in L1.
     """
+    if int(sch.get(sch.get_sblock("row")).annotations.get("squeezer.gemv", 0)):
+        _schedule_gemv(sch, target)
+        return
     lanes = vector_lanes(target)
     _, br, _, p = _shapes(sch)
     along_p = p >= lanes and p % lanes == 0
@@ -378,15 +505,19 @@ def sparse_matmul_space(sch: s_tir.Schedule) -> None:
 
 
 # --- cost model: which format a layer should use --------------------------------------------
-# Per-core throughputs measured on this machine class (Zen 5, AVX-512, 2 cores) with the
-# default schedules; `squeezer bench sparse` prints the measured figures. Units: multiply-adds
-# per second for the products, bytes per second for the streaming bound.
-DENSE_MACS_PER_CORE = 60e9
-SPARSE_MACS_PER_CORE = {(1, 1): 14e9, (1, 4): 16e9, (4, 1): 22e9, (8, 1): 26e9,
-                        (16, 1): 28e9, (4, 4): 24e9}
-GEMV_BYTES_PER_CORE = 12e9
+# Per-core throughputs of the default schedules, measured with `squeezer bench sparse` on this
+# machine class (Zen 5, AVX-512, 2 cores, 2 threads; BERT-base linear shapes, MobileNetV2 and
+# ResNet-18 convolution layers), weights hot in cache as in a model run back to back.
+# Multiply-adds per second, counting stored values (zeros inside kept blocks included).
+DENSE_MACS_PER_CORE = 45e9  # squeezer's dense kernels, p >= 16
+DENSE_GEMV_MACS_PER_CORE = 16e9  # p == 1 (each weight used once)
+SPARSE_MACS_PER_CORE = {(1, 1): 17e9, (1, 4): 18e9, (4, 1): 26e9, (8, 1): 30e9,
+                        (16, 1): 35e9, (4, 4): 28e9}
+SPARSE_GEMV_PER_CORE = {(1, 1): 2.0e9, (1, 4): 4e9, (4, 1): 5e9, (8, 1): 8e9,
+                        (16, 1): 10e9, (4, 4): 6e9}
 BLOCKS = tuple(SPARSE_MACS_PER_CORE)
-MARGIN = 0.8  # a sparse kernel must be predicted this much faster to be chosen
+MARGIN = 0.9  # a sparse kernel must be predicted this much faster to be chosen
+VECTOR = 16  # below this many columns of B the kernels run per column (matrix-vector rates)
 
 
 def stored_blocks(w: np.ndarray, block: tuple[int, int]) -> int:
@@ -400,16 +531,20 @@ def stored_blocks(w: np.ndarray, block: tuple[int, int]) -> int:
 
 def estimate_seconds(n: int, k: int, p: int, block: tuple[int, int] | None, nnzb: int,
                      cores: int) -> float:
-    """Predicted time of the dense (``block=None``) or sparse product on ``cores`` cores."""
+    """Predicted time of the dense (``block=None``) or sparse product on ``cores`` cores.
+
+    Below :data:`VECTOR` columns every column costs a matrix-vector product; from there on the
+    batched rates apply.
+    """
     if block is None:
-        return max(n * k * p / (DENSE_MACS_PER_CORE * cores),
-                   4 * n * k / (GEMV_BYTES_PER_CORE * cores))
-    br, bc = block
-    values = nnzb * br * bc
-    index_bytes = np.dtype(index_dtype(-(-k // bc))).itemsize
-    stream = values * 4 + nnzb * index_bytes + (-(-n // br) + 1) * 4
-    return max(values * p / (SPARSE_MACS_PER_CORE[block] * cores),
-               stream / (GEMV_BYTES_PER_CORE * cores))
+        macs = n * k * p
+        rate = DENSE_MACS_PER_CORE if p >= VECTOR else min(
+            DENSE_MACS_PER_CORE, DENSE_GEMV_MACS_PER_CORE * p)
+        return macs / (rate * cores)
+    values = nnzb * block[0] * block[1]
+    if p >= VECTOR:
+        return values * p / (SPARSE_MACS_PER_CORE[block] * cores)
+    return values * p / (SPARSE_GEMV_PER_CORE[block] * cores)
 
 
 def choose_format(w: np.ndarray, p: int, target: Target | None = None, *,

@@ -32,15 +32,18 @@ def sparse(n: int, k: int, density: float, block: tuple[int, int], seed: int = 0
 
 
 def run(w: np.ndarray, b: np.ndarray, block, *, b_layout="kp", y_layout="np", bias=None,
-        act="none", sch_fn=None) -> np.ndarray:
-    sw = SparseWeight.from_dense(w, block)
+        act="none", sch_fn=None, padded=True) -> np.ndarray:
     p = b.shape[1] if b_layout == "kp" else b.shape[0]
+    sw = SparseWeight.for_product(w, block, p) if padded else SparseWeight.from_dense(w, block)
     func = sparse_matmul_func(sw, p, b_layout=b_layout, y_layout=y_layout,
                               bias=bias is not None, act=act)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     if sch_fn is None:
         mod = default_schedule_pass(TARGET)(mod)
-        assert "ACC_local" in mod.script(), "the sparse rule did not apply (a fallback did)"
+        script = mod.script()
+        assert "_local" in script and "T.parallel" in script, "the sparse rule did not apply"
+        gemv = p == 1 and tuple(block) == (1, 1) and padded
+        assert ('"squeezer.gemv": 1' in script) == gemv, "wrong kernel variant"
     else:
         sch = s_tir.Schedule(mod)
         with TARGET:
@@ -80,6 +83,26 @@ def test_formats_match_scipy(block, p):
     b = rng.standard_normal((96, p)).astype(np.float32)
     got = run(w, b, block)
     np.testing.assert_allclose(got, reference(w, b, "kp", "np", None, "none"), RTOL, ATOL)
+
+
+@pytest.mark.parametrize("layouts", [("kp", "np"), ("pk", "pn")])
+@pytest.mark.parametrize("padded", [True, False])
+def test_matrix_vector_product(layouts, padded):
+    """p == 1 with CSR: rows padded to whole vectors run the lane-parallel kernel; unpadded
+    storage takes the general kernel. Both give the same result."""
+    rng = np.random.default_rng(7)
+    w = sparse(300, 200, 0.1, (1, 1))
+    w[17] = 0
+    w[40, :] = rng.standard_normal(200)  # a dense row
+    b_layout, y_layout = layouts
+    x = rng.standard_normal((200, 1) if b_layout == "kp" else (1, 200)).astype(np.float32)
+    bias = rng.standard_normal(300).astype(np.float32)
+    got = run(w, x, (1, 1), b_layout=b_layout, y_layout=y_layout, bias=bias, act="relu",
+              padded=padded)
+    np.testing.assert_allclose(got, reference(w, x, b_layout, y_layout, bias, "relu"), RTOL, ATOL)
+    sw = SparseWeight.for_product(w, (1, 1), 1)
+    assert np.all(np.diff(sw.indptr) % 16 == 0) and np.diff(sw.indptr).min() == 16
+    np.testing.assert_array_equal(sw.to_dense(), w)
 
 
 @pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4)])

@@ -76,7 +76,7 @@ class _Sparsify(PyExprMutator):
         block = choose_format(w, p, self.target, log=self.log, where=where)
         if block is None:
             return None
-        sw = SparseWeight.from_dense(w, block)
+        sw = SparseWeight.for_product(w, block, p)
         func = sparse_matmul_func(sw, p, b_layout=b_layout, y_layout=y_layout)
         gv = self.builder_.add_func(func, "sparse_matmul")
         n = w.shape[0]
