@@ -63,3 +63,21 @@ def test_sparse_kernel_is_tuned_and_the_record_applied(tmp_path):
     got = compiled(x.numpy())
     got = got[0] if isinstance(got, list | tuple) else got
     np.testing.assert_allclose(np.asarray(got), model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_layout_rewrite_split_leaves_sparse_kernels_alone():
+    """Applying records runs SplitLayoutRewritePreproc over the whole model; it must neither
+    trip over nor change the sparse kernels (it rejects their nested blocks on its own)."""
+    import tvm_ffi
+
+    from squeezer.tune.tasks import _split_layout_rewrites
+
+    target = make_target(THREADS)
+    prepared = prepare_for_tuning(import_model(sparse_mlp(), (torch.randn(16, 256),)).mod, target)
+    kernels = {gv.name_hint: f for gv, f in prepared.functions_items()
+               if f.attrs is not None and "squeezer.kernel" in f.attrs}
+    assert kernels
+    with target:
+        out = _split_layout_rewrites(prepared)
+    for name, func in kernels.items():
+        assert tvm_ffi.structural_equal(out[out.get_global_var(name)], func)

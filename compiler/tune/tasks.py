@@ -181,10 +181,42 @@ def apply_records(
         for gv, new in out.items():
             mod[gv] = new
         with target:
-            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+            mod = _split_layout_rewrites(mod)
             mod = relax.transform.FoldConstant()(mod)
             mod = relax.transform.DeadCodeElimination()(mod)
     return mod, rows
+
+
+def _split_layout_rewrites(mod: tvm.IRModule) -> tvm.IRModule:
+    """``SplitLayoutRewritePreproc``, with squeezer's own kernels set aside meanwhile.
+
+    The pass rejects their nested blocks (a block per sparse row), and they never carry a
+    layout rewrite: each is swapped for a stub of the same signature while the pass runs and
+    put back afterwards.
+    """
+    kernels = {gv.name_hint: f for gv, f in mod.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
+               and "squeezer.kernel" in f.attrs}
+    if kernels:
+        mod = tvm.IRModule(dict(mod.functions), attrs=mod.attrs, global_infos=mod.global_infos)
+        for name, func in kernels.items():
+            mod[mod.get_global_var(name)] = _stub_like(func)
+    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    for name, func in kernels.items():
+        mod[mod.get_global_var(name)] = func
+    return mod
+
+
+def _stub_like(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """A one-block PrimFunc with ``func``'s parameters (the last one written with zeros)."""
+    from tvm import te
+
+    *inputs, out = func.params
+    args = [te.placeholder([int(d) for d in p.shape], p.dtype, name=f"a{i}")
+            for i, p in enumerate(inputs)]
+    y = te.compute([int(d) for d in out.shape], lambda *_: tvm.tirx.const(0, out.dtype),
+                   name="stub")
+    return te.create_prim_func([*args, y]).with_attrs(dict(func.attrs))
 
 
 def _call_tir_targets(func: relax.Function) -> list[str]:
