@@ -54,9 +54,10 @@ speedup): guided pruning that silently removed nothing, or removed weights that 
 would defeat its purpose. ``sparsity: 0`` is allowed and prunes nothing. Masks are by magnitude
 within each layer (block RMS for larger blocks). The plan (``GuidedPruning.plan``) is logged one
 line per layer (product shape, ``p``, block, break-even, allocated sparsity, predicted dense and
-allocated times, the sparse speedup at the requested sparsity) and one line for the model. The
-predicted model time is the sum over every ``Linear``/``Conv2d`` of the estimated product time
-(convolutions as their im2col product); other operators are not modelled.
+allocated times, the sparse speedup at the requested sparsity capped at ``max_sparsity``) and
+one line for the model. The predicted model time is the sum over every ``Linear``/``Conv2d`` of
+the estimated product time (convolutions as their im2col product); other operators are not
+modelled.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class LayerPlan:
 
     ``sparsity`` and ``breakeven`` are fractions of the layer's blocks (of its weights with 1x1
     blocks); ``at_request`` is the dense time over the sparse kernel's at the requested overall
-    sparsity (below 1: slower than dense). Times are seconds per model run.
+    sparsity, at most ``max_sparsity`` of the layer (below 1: slower than dense). Times are
+    seconds per model run.
     """
 
     tensor: str
@@ -406,7 +408,9 @@ def plan_pruning(
             note = " (dense)"
         at_request = None
         if c.block is not None:
-            at_request = c.dense / c.sparse(min(round(request * c.units), c.units))
+            # capped: a layer is never pruned past max_sparsity, and the model predicts no
+            # time at all for a layer with every block removed
+            at_request = c.dense / c.sparse(min(round(request * c.units), c.cap))
         plans[t] = LayerPlan(
             tensor=t,
             shape=(c.site.n, c.site.k),
