@@ -137,7 +137,7 @@ def squeezer_kernel(w: np.ndarray, x: np.ndarray, block: tuple[int, int],
     from squeezer.targets import make_target
 
     target = make_target(threads)
-    sw = SparseWeight.from_dense(w, block)
+    sw = SparseWeight.for_product(w, block, x.shape[0])
     func = sparse_matmul_func(sw, x.shape[0], b_layout="pk", y_layout="pn")
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     exe = tvm.compile(default_schedule_pass(target)(mod), target)

@@ -251,6 +251,14 @@ def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"]
     return kernel.without_attr("global_symbol")
 
 
+def kernel_flops(func: tirx.PrimFunc) -> float:
+    """Floating-point operations of a sparse kernel: two per stored value and output column."""
+    d, bias, y = func.params[1], func.params[4], func.params[-1]
+    values = int(np.prod([int(x) for x in d.shape]))
+    outputs = int(np.prod([int(x) for x in y.shape]))
+    return 2.0 * values * outputs / max(int(bias.shape[0]), 1)
+
+
 def _is_gemv(w: SparseWeight, p: int) -> bool:
     """A CSR matrix-vector product stored by :meth:`SparseWeight.for_product`."""
     lengths = np.diff(w.indptr)
