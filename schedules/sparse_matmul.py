@@ -156,13 +156,19 @@ def panel_width(k: int, p: int, br: int = 1, lanes: int = 16) -> int:
 
 def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"] = "kp",
                        y_layout: Literal["np", "pn"] = "np", bias: bool = False,
-                       act: Activation = "none") -> tirx.PrimFunc:
+                       act: Activation = "none",
+                       y_image: tuple[int, int] | None = None) -> tirx.PrimFunc:
     """The kernel's PrimFunc for ``w``'s shapes (not its values).
 
     Parameters are ``(B, data, indices, indptr[, bias], Y)``; the function carries
     ``squeezer.kernel = "sparse_matmul"`` so the tuner searches its registered space.
+    ``y_image=(H, W)`` (with ``y_layout="np"``, ``p = H * W``) writes ``Y`` as the NCHW image
+    ``(1, n, H, W)`` of a 1x1 convolution, so the bias add and activation that follow fuse
+    into the kernel (no reshape between them).
     """
-    if _is_gemv(w, p):
+    if y_image is not None and (y_layout != "np" or y_image[0] * y_image[1] != p):
+        raise ValueError(f"y_image {y_image} needs y_layout 'np' and p = H * W, got {p}")
+    if _is_gemv(w, p) and y_image is None:
         return _gemv_func(w, b_layout=b_layout, y_layout=y_layout, act=act)
     n, k = w.shape
     br, bc = w.block
@@ -173,6 +179,10 @@ def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"]
     i64 = functools.partial(tirx.IntImm, "int64")
     b_shape = (i64(k), i64(p)) if b_layout == "kp" else (i64(p), i64(k))
     y_shape = (i64(n), i64(p)) if y_layout == "np" else (i64(p), i64(n))
+    image = y_image is not None
+    ih, iw = y_image if y_image is not None else (1, p)
+    if image:
+        y_shape = (i64(1), i64(n), i64(ih), i64(iw))
     lo, hi = (0.0, 6.0) if act == "relu6" else (0.0, 3.4e38)
     relu, pack, np_out = act != "none", b_layout == "pk", y_layout == "np"
     # p is padded to whole vectors (zeros in the packed B) so every tile vectorizes
@@ -230,21 +240,31 @@ def sparse_matmul_func(w: SparseWeight, p: int, *, b_layout: Literal["kp", "pk"]
                         ACC[vi * br + vr, vpo * panel + vp] = ACC[
                             vi * br + vr, vpo * panel + vp] + D[PTR[vi] + vj, vr, vc] * SRC[
                             T.Cast("int32", IND[PTR[vi] + vj]) * bc + vc, vpo * panel + vp]
-        for o, pp in T.grid(n, p):
-            with T.sblock("epilogue"):
-                vo, vp = T.axis.remap("SS", [o, pp])
-                if np_out:
+        if image:
+            for o, hh, ww in T.grid(n, ih, iw):
+                with T.sblock("epilogue"):
+                    vo, vh, vw = T.axis.remap("SSS", [o, hh, ww])
                     if relu:
-                        Y[vo, vp] = T.min(T.max(ACC[vo, vp] + BIAS[vo], T.float32(lo)),
-                                          T.float32(hi))
+                        Y[0, vo, vh, vw] = T.min(T.max(ACC[vo, vh * iw + vw] + BIAS[vo],
+                                                       T.float32(lo)), T.float32(hi))
                     else:
-                        Y[vo, vp] = ACC[vo, vp] + BIAS[vo]
-                else:
-                    if relu:
-                        Y[vp, vo] = T.min(T.max(ACC[vo, vp] + BIAS[vo], T.float32(lo)),
-                                          T.float32(hi))
+                        Y[0, vo, vh, vw] = ACC[vo, vh * iw + vw] + BIAS[vo]
+        else:
+            for o, pp in T.grid(n, p):
+                with T.sblock("epilogue"):
+                    vo, vp = T.axis.remap("SS", [o, pp])
+                    if np_out:
+                        if relu:
+                            Y[vo, vp] = T.min(T.max(ACC[vo, vp] + BIAS[vo], T.float32(lo)),
+                                              T.float32(hi))
+                        else:
+                            Y[vo, vp] = ACC[vo, vp] + BIAS[vo]
                     else:
-                        Y[vp, vo] = ACC[vo, vp] + BIAS[vo]
+                        if relu:
+                            Y[vp, vo] = T.min(T.max(ACC[vo, vp] + BIAS[vo], T.float32(lo)),
+                                              T.float32(hi))
+                        else:
+                            Y[vp, vo] = ACC[vo, vp] + BIAS[vo]
 
     del bias  # the bias buffer is always a parameter (zeros when the layer has none)
     # the caller names it (BlockBuilder.add_func, or a module key)
@@ -446,7 +466,8 @@ def schedule(sch: s_tir.Schedule, pt, target: Target) -> None:
             elif along_p:
                 sch.vectorize(cols_loop)
     else:
-        # convolution output (rows of the extended width, cropped): its own parallel pass
+        # an NCHW image (convolutions): its own parallel pass. Computing it per row group
+        # (reverse_compute_at) gave wrong results for the 1x1 image; left for later.
         out_loops = sch.get_loops(epilogue[0])
         if num_cores(target) > 1:
             sch.parallel(out_loops[0])

@@ -72,17 +72,20 @@ class _Sparsify(PyExprMutator):
         return call if new is None else new
 
     def _sparse_call(self, w: np.ndarray, b: relax.Expr, p: int, b_layout: str,
-                     y_layout: str, where: str) -> relax.Expr | None:
+                     y_layout: str, where: str,
+                     y_image: tuple[int, int] | None = None) -> relax.Expr | None:
         block = choose_format(w, p, self.target, log=self.log, where=where)
         if block is None:
             return None
         sw = SparseWeight.for_product(w, block, p)
-        func = sparse_matmul_func(sw, p, b_layout=b_layout, y_layout=y_layout)
+        func = sparse_matmul_func(sw, p, b_layout=b_layout, y_layout=y_layout, y_image=y_image)
         gv = self.builder_.add_func(func, "sparse_matmul")
         n = w.shape[0]
         args = [b, relax.const(sw.data), relax.const(sw.indices), relax.const(sw.indptr),
                 relax.const(np.zeros(n, np.float32))]
         shape = (n, p) if y_layout == "np" else (p, n)
+        if y_image is not None:
+            shape = (1, n, *y_image)
         return relax.call_tir(gv, args, out_ty=relax.TensorType(shape, "float32"))
 
     def _matmul(self, call: relax.Call) -> relax.Expr | None:
@@ -123,10 +126,8 @@ class _Sparsify(PyExprMutator):
         o = ws[0]
         b = self.builder_.emit(relax.op.reshape(x, (c, h * wd)))
         weight = w.value.numpy().reshape(o, c)
-        y = self._sparse_call(weight, b, h * wd, "kp", "np", f"conv1x1 {tuple(xs)} -> {o}")
-        if y is None:
-            return None
-        return relax.op.reshape(self.builder_.emit(y), (1, o, h, wd))
+        return self._sparse_call(weight, b, h * wd, "kp", "np", f"conv1x1 {tuple(xs)} -> {o}",
+                                 y_image=(h, wd))
 
 
     def _conv_direct(self, call: relax.Call) -> relax.Expr | None:
