@@ -17,6 +17,29 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning
 THREADS = 2
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``).
+
+    The digits models are too small to gain from threads, and on a busy 2-core machine torch's
+    spinning OpenMP workers make training 10-30x slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The scikit-learn digits at 8x8 (fixed split)."""
+    from squeezer import data
+
+    return data.load_digits(8)
+
+
 def tiny_cnn():
     import torch
     from torch import nn

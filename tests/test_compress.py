@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,8 @@ from squeezer.errors import ModelLoadError, RecipeError
 from squeezer.passes.compress import Method, MethodSettings, base, register_method
 from squeezer.passes.compress.distill import distillation_loss
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # These models are too small to gain from threads, and on a busy 2-core machine torch's
-    # spinning OpenMP workers make training 10-30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits() -> data.Digits:
-    return data.load_digits(8)
+# fixtures one_torch_thread and digits: tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(seed: int = 0, width: int = 8) -> torch.nn.Module:

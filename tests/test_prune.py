@@ -4,7 +4,6 @@ DNS splicing, stored sizes, and accuracy after fine-tuning on the digits."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,8 @@ from squeezer.recipe import load_recipe
 
 FAST = settings(max_examples=25, deadline=None)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits() -> data.Digits:
-    return data.load_digits(8)
+# fixtures one_torch_thread and digits: tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mlp(seed: int = 0, hidden: int = 64) -> torch.nn.Sequential:

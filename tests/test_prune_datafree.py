@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,18 +20,8 @@ from squeezer.passes.compress.prune.datafree import find_pairs, merge_neurons
 from squeezer.passes.compress.prune.density_diversity import diversity, tie_values
 from squeezer.recipe import load_recipe
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits() -> data.Digits:
-    return data.load_digits(8)
+# fixtures one_torch_thread and digits: tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mlp(seed: int = 0) -> torch.nn.Sequential:

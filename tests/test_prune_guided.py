@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,8 @@ FAST = settings(max_examples=25, deadline=None)
 MAX_SPARSITY = GuidedSettings.model_fields["max_sparsity"].default
 CEILING = 0.6  # choose_format considers sparse formats below this density only
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits() -> data.Digits:
-    return data.load_digits(8)
+# fixtures one_torch_thread and digits: tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mlp(hidden: tuple[int, ...] = (512,), seed: int = 0) -> torch.nn.Sequential:
