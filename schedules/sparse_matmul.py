@@ -465,9 +465,14 @@ def schedule(sch: s_tir.Schedule, pt, target: Target) -> None:
                     sch.vectorize(rows_loop)
             elif along_p:
                 sch.vectorize(cols_loop)
+    elif _image_is_dense(sch, upd, epilogue[0]):
+        # an NCHW image whose pixels are exactly the accumulator's columns (a 1x1 convolution
+        # with p a whole number of vectors): written per row group while the rows are in cache
+        sch.reverse_compute_at(epilogue[0], tile)
     else:
-        # an NCHW image (convolutions): its own parallel pass. Computing it per row group
-        # (reverse_compute_at) gave wrong results for the 1x1 image; left for later.
+        # an image on padded columns (a direct convolution's extended width, or p padded to
+        # whole vectors): its own parallel pass. Per row group, lowering shrinks the
+        # accumulator to the pixels read and the padded columns overrun it (wrong results).
         out_loops = sch.get_loops(epilogue[0])
         if num_cores(target) > 1:
             sch.parallel(out_loops[0])
@@ -475,6 +480,16 @@ def schedule(sch: s_tir.Schedule, pt, target: Target) -> None:
         sch.parallel(tile)
     if "pack" in blocks:
         _schedule_pack(sch, sch.get_sblock("pack"), target)
+
+
+def _image_is_dense(sch: s_tir.Schedule, update, epilogue) -> bool:
+    """Whether the image epilogue reads every accumulator column (no padding columns)."""
+    width = int(sch.get(update).writes[0].source.shape[1])
+    loops = sch.get_loops(epilogue)
+    pixels = 1
+    for loop in loops[1:]:
+        pixels *= int(sch.get(loop).extent)
+    return len(loops) == 3 and pixels == width
 
 
 def _largest_divisor(n: int, cap: int) -> int:
