@@ -63,7 +63,7 @@ def kernel_case(b: Bench, c: KernelCase, bandwidth: float, target) -> CaseResult
         torch_csr,
         torch_dense,
     )
-    from squeezer.schedules.sparse_matmul import choose_format
+    from squeezer.schedules.sparse_cost import choose_format
 
     rng = np.random.default_rng([c.n, c.k, c.batch])  # one weight and input per shape
     dense = rng.standard_normal((c.n, c.k)).astype(np.float32)

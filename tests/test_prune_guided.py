@@ -25,7 +25,7 @@ from squeezer.passes.compress.prune import masks, sparsity_report
 from squeezer.passes.compress.prune.guided import GuidedPruning, GuidedSettings
 from squeezer.passes.graph.sparsify_weights import CONV_BLOCKS
 from squeezer.recipe import load_recipe
-from squeezer.schedules.sparse_matmul import (
+from squeezer.schedules.sparse_cost import (
     BLOCKS,
     MARGIN,
     VECTOR,

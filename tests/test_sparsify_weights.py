@@ -10,7 +10,7 @@ import squeezer
 from squeezer.frontend import import_model
 from squeezer.passes.graph.sparsify_weights import sparsify_weights
 from squeezer.pipeline import graph_stage
-from squeezer.schedules.sparse_matmul import choose_format
+from squeezer.schedules.sparse_cost import choose_format
 from squeezer.targets import make_target
 
 TARGET = make_target(2)

@@ -5,7 +5,7 @@ Matches ``matmul(x, W)`` (a linear layer after ``FoldConstant``; ``x`` of any ra
 ``x`` first) and KxK ``conv2d`` (NCHW, batch 1, groups 1, stride 1 or 2, symmetric padding:
 the direct sparse convolution of :mod:`squeezer.schedules.sparse_conv2d`) whose weight is a
 constant. Depthwise and grouped convolutions stay dense. For each, a cost model
-(:func:`squeezer.schedules.sparse_matmul.choose_format`) compares the dense kernel with the
+(:func:`squeezer.schedules.sparse_cost.choose_format`) compares the dense kernel with the
 sparse kernel for every supported block shape, using the weight's actual zero pattern, and
 rewrites only where a sparse format is predicted faster. A model pruned by another tool (zeros
 in an ONNX initializer or a state dict) takes exactly this path: nothing but the values is read.
@@ -26,11 +26,8 @@ from tvm.ir import Op
 from tvm.relax import PyExprMutator, expr_functor
 
 from squeezer.schedules.sparse_conv2d import conv_geometry, conv_offsets, sparse_conv2d_func
-from squeezer.schedules.sparse_matmul import (
-    SparseWeight,
-    choose_format,
-    sparse_matmul_func,
-)
+from squeezer.schedules.sparse_cost import choose_format
+from squeezer.schedules.sparse_matmul import SparseWeight, sparse_matmul_func
 
 CONV_BLOCKS = ((1, 1), (4, 1), (8, 1), (16, 1))  # direct convolution: blocks of output rows
 

@@ -4,7 +4,7 @@ Sparse Convolutions and Guided Pruning", ICLR, arXiv:1608.01409.
 The paper prunes a layer only where its sparse kernel beats the dense one: a performance model
 gives, per layer and machine, the density below which sparsity pays, and the accuracy budget goes
 to the layers where it buys speed. Here the performance model is the compiler's own
-(``squeezer.schedules.sparse_matmul``: ``estimate_seconds`` and ``choose_format``), so the layers
+(``squeezer.schedules.sparse_cost``: ``estimate_seconds`` and ``choose_format``), so the layers
 pruned are the ones ``sparsify_weights`` then compiles to the sparse kernel.
 
 Layers (``products``). A ``Linear`` is an ``out x in`` product with ``p = batch`` columns and a
@@ -89,9 +89,9 @@ _DEFAULT_SPARSITY = 0.5
 
 def _cost_model() -> ModuleType:
     # Imported on use: it loads TVM, which `import squeezer.passes.compress` should not pay for.
-    from squeezer.schedules import sparse_matmul
+    from squeezer.schedules import sparse_cost
 
-    return sparse_matmul
+    return sparse_cost
 
 
 class GuidedSettings(PruneSettings):
@@ -117,7 +117,7 @@ class GuidedSettings(PruneSettings):
         Cores of the deployment target in the performance model.
     margin : float or None
         A layer pays when its sparse kernel is predicted faster than ``margin`` times its dense
-        product (default: the compiler's ``sparse_matmul.MARGIN``; a larger one changes
+        product (default: the compiler's ``sparse_cost.MARGIN``; a larger one changes
         nothing, as ``choose_format`` must pick the sparse kernel too).
     max_sparsity : float
         The most of one layer's blocks removed; a layer whose break-even lies above stays dense.

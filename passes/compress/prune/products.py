@@ -44,7 +44,7 @@ class Site:
     def seconds(self, block: tuple[int, int] | None, nnzb: int, cores: int) -> float:
         """Predicted time of all its runs: dense (``block`` None) or sparse with ``nnzb``
         blocks, by the compiler's performance model."""
-        from squeezer.schedules.sparse_matmul import estimate_seconds  # loads TVM: on use
+        from squeezer.schedules.sparse_cost import estimate_seconds  # loads TVM: on use
 
         return sum(
             calls * estimate_seconds(self.n, self.k, p, block, nnzb, cores)
