@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench-zoo tune-zoo clean install
+.PHONY: demo test test-slow lint bench-zoo tune-zoo tune-sparse clean install
 
 install: $(STAMP)
 
@@ -41,6 +41,14 @@ tune-zoo: $(STAMP)
 		$(BIN)/squeezer tune zoo:$${m%%:*} --records tuning_logs --trials 5000 \
 			--time-budget $${m##*:} --threads 2 --png tune-$${m%%:*}.png || exit 1; \
 	done
+	$(BIN)/squeezer tune-pack tuning_logs
+
+# Records for every case of `squeezer bench sparse` (kernel and conv cases gathered into a few
+# models; the end-to-end model has its own). SPARSE_BUDGET is per model.
+SPARSE_BUDGET ?= 10m
+tune-sparse: $(STAMP)
+	$(BIN)/python -m squeezer.bench_sparse_tune --records tuning_logs \
+		--time-budget $(SPARSE_BUDGET) --threads 2
 	$(BIN)/squeezer tune-pack tuning_logs
 
 clean:

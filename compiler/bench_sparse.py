@@ -3,12 +3,13 @@
 Three sections, all timed in this process with the same thread count for every peer (torch
 ``set_num_threads``, onnxruntime intra-op threads, TVM's runtime pool; scipy has no threads):
 
-- ``kernel``: BERT-base linear layers, pruned unstructured or in 16x1 blocks. squeezer's
-  ``sparse_matmul`` is compiled on its own with its default schedule (tuning records apply only
-  inside ``squeezer.compile``), against squeezer dense (a ``torch.nn.Linear`` through
-  ``squeezer.compile``), torch ``F.linear``, torch CSR, scipy CSR and onnxruntime MatMul. The
-  bound is the bytes that must move (stored weight, activations in and out) over the measured
-  memory bandwidth.
+- ``kernel``: BERT-base linear layers, pruned unstructured or in 16x1 blocks. ``squeezer`` is
+  the pruned ``torch.nn.Linear`` through ``squeezer.compile``, as a user gets it: the cost
+  model picks the format, the shipped tuning records apply (``tune_sparse_records`` makes
+  them). ``squeezer-kernel`` is ``sparse_matmul`` alone in the case's block shape with its
+  default schedule. Peers: squeezer dense (the unpruned layer through ``squeezer.compile``),
+  torch ``F.linear``, torch CSR, scipy CSR and onnxruntime MatMul. The bound is the bytes that
+  must move (stored weight, activations in and out) over the measured memory bandwidth.
 - ``conv``: zoo convolutions as one-layer models through ``squeezer.compile`` (1x1 and 3x3
   layers go sparse where the cost model says so; the note says which kernel ran), against
   squeezer dense, torch and onnxruntime.
@@ -37,15 +38,17 @@ from squeezer.bench_sparse_cases import (
     EndToEndCase,
     KernelCase,
     Suite,
+    conv_arrays,
     full_suite,
-    prune,
+    kernel_arrays,
     prune_model_,
     quick_suite,
 )
 from squeezer.bench_sparse_peers import Bench, CaseResult
 from squeezer.bench_sparse_report import evaluate_goals, tables
 
-KERNEL_PEERS = ("squeezer", "squeezer-dense", "torch", "torch-csr", "scipy-csr", "onnxruntime")
+KERNEL_PEERS = ("squeezer", "squeezer-kernel", "squeezer-dense", "torch", "torch-csr",
+                "scipy-csr", "onnxruntime")
 CONV_PEERS = ("squeezer", "squeezer-dense", "torch", "onnxruntime")
 E2E_PEERS = ("squeezer", "squeezer-dense", "onnxruntime", "torch")
 PEERS = {"kernel": KERNEL_PEERS, "conv": CONV_PEERS, "e2e": E2E_PEERS}
@@ -53,7 +56,9 @@ PEERS = {"kernel": KERNEL_PEERS, "conv": CONV_PEERS, "e2e": E2E_PEERS}
 
 # -- sections: one function per case, so the builders' closures see only that case ----------------
 def kernel_case(b: Bench, c: KernelCase, bandwidth: float, target) -> CaseResult:
-    """A linear layer: the sparse kernel and the sparse peers, the dense peers once per shape."""
+    """A linear layer: squeezer.compile of the pruned layer (with the tuning records, the
+    format the cost model picks), sparse_matmul alone in the case's block shape (default
+    schedule), the sparse peers, and the dense peers once per shape."""
     from squeezer.bench_sparse_peers import (
         checked_kernel,
         compile_model,
@@ -65,10 +70,7 @@ def kernel_case(b: Bench, c: KernelCase, bandwidth: float, target) -> CaseResult
     )
     from squeezer.schedules.sparse_cost import choose_format
 
-    rng = np.random.default_rng([c.n, c.k, c.batch])  # one weight and input per shape
-    dense = rng.standard_normal((c.n, c.k)).astype(np.float32)
-    x = rng.standard_normal((c.batch, c.k)).astype(np.float32)
-    w = prune(dense, c.sparsity, c.block)
+    dense, x, w = kernel_arrays(c)
     res = CaseResult("kernel", c.name, c.group, info={
         "n": c.n, "k": c.k, "batch": c.batch, "sparsity": c.sparsity, "block": list(c.block),
         "density": float(np.count_nonzero(w)) / w.size})
@@ -79,13 +81,19 @@ def kernel_case(b: Bench, c: KernelCase, bandwidth: float, target) -> CaseResult
         "onnxruntime": lambda: onnxruntime_runner(matmul_onnx(dense, c.batch), ["X"], [x],
                                                   b.threads),
     })
-    runs = []
+    runs, notes = [], []
+
+    def compiled():
+        mod, note = compile_model(linear_module(w), x, b.threads)
+        notes.append(note)  # compile verified it against torch
+        return squeezer_runner(mod, [x])
 
     def kernel():
         runs.append(checked_kernel(w, x, c.block, b.threads))
         return runs[-1].call
 
-    b.put(res, "squeezer", b.measure(c.name, "squeezer", kernel))
+    b.put(res, "squeezer", b.measure(c.name, "squeezer", compiled))
+    b.put(res, "squeezer-kernel", b.measure(c.name, "squeezer-kernel", kernel))
     b.put(res, "torch-csr", b.measure(c.name, "torch-csr", lambda: torch_csr(w, x)))
     b.put(res, "scipy-csr", b.measure(c.name, "scipy-csr", lambda: scipy_csr(w, x), 1))
     if runs:
@@ -95,12 +103,14 @@ def kernel_case(b: Bench, c: KernelCase, bandwidth: float, target) -> CaseResult
     fmt = choose_format(w, c.batch, target)
     res.info["compile_format"] = "dense" if fmt is None else f"bsr{fmt[0]}x{fmt[1]}"
     res.note = f"compile picks {res.info['compile_format']}"
-    if {"squeezer", "squeezer-dense"} <= set(res.ms) and fmt in (None, c.block):
+    if notes:
+        res.note += f", {notes[-1]}"
+    if {"squeezer-kernel", "squeezer-dense"} <= set(res.ms) and fmt in (None, c.block):
         # the cost model's choice against the two kernels just measured
-        faster = "dense" if res.ms["squeezer-dense"] < res.ms["squeezer"] else "sparse"
-        res.info["cost_model_right"] = (fmt is None) == (faster == "dense")
+        dense_faster = res.ms["squeezer-dense"] < res.ms["squeezer-kernel"]
+        res.info["cost_model_right"] = (fmt is None) == dense_faster
         if not res.info["cost_model_right"]:
-            res.note += f" ({faster} measured faster)"
+            res.note += f" ({'dense' if dense_faster else 'sparse'} measured faster)"
     return res
 
 
@@ -115,10 +125,7 @@ def conv_case(b: Bench, c: ConvCase, onnx_path: Path) -> CaseResult:
     )
     from squeezer.bench_zoo import export_onnx
 
-    rng = np.random.default_rng([c.cin, c.cout, c.kernel, *c.size])
-    shape = (c.cout, c.cin, c.kernel, c.kernel)
-    dense = (rng.standard_normal(shape) * np.sqrt(2 / (c.cin * c.kernel**2))).astype(np.float32)
-    x = rng.standard_normal((1, c.cin, *c.size)).astype(np.float32)
+    dense, x, w = conv_arrays(c)
     dense_mod = conv_module(dense, c.stride)
     res = CaseResult("conv", c.name, c.group, info={
         "model": c.model, "layer": c.layer, "cin": c.cin, "cout": c.cout, "kernel": c.kernel,
@@ -129,7 +136,7 @@ def conv_case(b: Bench, c: ConvCase, onnx_path: Path) -> CaseResult:
         "onnxruntime": lambda: onnxruntime_runner(
             export_onnx(dense_mod, x, onnx_path), ["input"], [x], b.threads),
     })
-    pruned = conv_module(prune(dense, c.sparsity), c.stride)
+    pruned = conv_module(w, c.stride)
     compiled = []
 
     def sparse():
@@ -257,7 +264,8 @@ def bench_sparse(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: 
         # other processes on the machine skew every peer: the CPU time they used in this run
         "wall_s": wall,
         "other_processes_cpu_s": others,
-        "kernel_schedule": "default (kernel rows compile sparse_matmul without tuning records)",
+        "kernel_schedule": ("squeezer: squeezer.compile with the tuning records; "
+                            "squeezer-kernel: sparse_matmul in the case's block, default schedule"),
         "peers": {k: list(v) for k, v in PEERS.items()},
         "cases": [asdict(r) for r in cases],
         "goals": goals,

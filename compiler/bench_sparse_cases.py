@@ -120,6 +120,25 @@ def prune_model_(model, sparsity: float) -> int:
     return count
 
 
+# -- the arrays of a case: one function, so the bench and the record tuning agree -----------------
+def kernel_arrays(c: KernelCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dense W, X, pruned W)``: one weight and input per shape, pruned per case. Shipped
+    tuning records match a sparse kernel by its shapes, which depend on the exact zeros."""
+    rng = np.random.default_rng([c.n, c.k, c.batch])
+    dense = rng.standard_normal((c.n, c.k)).astype(np.float32)
+    x = rng.standard_normal((c.batch, c.k)).astype(np.float32)
+    return dense, x, prune(dense, c.sparsity, c.block)
+
+
+def conv_arrays(c: ConvCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dense weight, input image, pruned weight)`` of a convolution case (He init)."""
+    rng = np.random.default_rng([c.cin, c.cout, c.kernel, *c.size])
+    shape = (c.cout, c.cin, c.kernel, c.kernel)
+    dense = (rng.standard_normal(shape) * np.sqrt(2 / (c.cin * c.kernel**2))).astype(np.float32)
+    x = rng.standard_normal((1, c.cin, *c.size)).astype(np.float32)
+    return dense, x, prune(dense, c.sparsity)
+
+
 # -- conv shapes from the zoo ----------------------------------------------------------------
 def zoo_convs(name: str, size: str, kernel: int) -> list[tuple[str, int, int, int, tuple]]:
     """``(layer, cin, cout, stride, (h, w))`` of every ``kernel x kernel`` groups-1 convolution

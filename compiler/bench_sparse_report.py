@@ -112,15 +112,17 @@ def tables(cases: Sequence, goals: Sequence[dict], threads: int, bandwidth: floa
     kernel = [c for c in cases if c.section == "kernel"]
     if kernel:
         t = _table(f"sparse kernels: Y = X W^T, median ms, {threads} threads (scipy: 1); "
-                   "squeezer = sparse_matmul, default schedule, no tuning records",
-                   ["case", "squeezer", "sq dense", "torch", "torch csr", "scipy csr",
+                   "squeezer = squeezer.compile of the pruned layer (tuning records), "
+                   "sq kernel = sparse_matmul in the case's blocks, default schedule",
+                   ["case", "squeezer", "sq kernel", "sq dense", "torch", "torch csr", "scipy csr",
                     "onnxrt", "torch/sq", "csr/sq", "bound", "sq/bound", "note"],
                    f"bound = (stored weight + X + Y bytes) / {bandwidth / 1e9:.1f} GB/s "
                    "measured copy bandwidth; ratio > 1: squeezer is faster")
         for c in kernel:
             bound = c.info.get("bound_ms")
             over = c.info.get("squeezer_over_bound") if c.info["batch"] == 1 else None
-            t.add_row(c.case, *(_ms(c, i) for i in ("squeezer", "squeezer-dense", "torch",
+            t.add_row(c.case, *(_ms(c, i) for i in ("squeezer", "squeezer-kernel",
+                                                    "squeezer-dense", "torch",
                                                     "torch-csr", "scipy-csr", "onnxruntime")),
                       _ratio(c, "torch"), _ratio(c, "torch-csr"),
                       "-" if bound is None else f"{bound:.4f}",
@@ -136,7 +138,8 @@ def tables(cases: Sequence, goals: Sequence[dict], threads: int, bandwidth: floa
                                         "dense/sq", "torch/sq", "onnxrt/sq", "note"],
                    "ratio > 1: squeezer is faster")
         for c in rows:
-            t.add_row(c.case, *(_ms(c, i) for i in ("squeezer", "squeezer-dense", "torch",
+            t.add_row(c.case, *(_ms(c, i) for i in ("squeezer", "squeezer-kernel",
+                                                    "squeezer-dense", "torch",
                                                     "onnxruntime")),
                       _ratio(c, "squeezer-dense"), _ratio(c, "torch"),
                       _ratio(c, "onnxruntime"), _note(c))

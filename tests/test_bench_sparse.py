@@ -179,3 +179,40 @@ def test_cli_quick_suite(tmp_path):
     assert [g["status"] != "not run" for g in data["goals"]] == [True] * 5
     for c in data["cases"]:
         assert set(c["ms"]) | set(c["missing"]) == set(PEERS[c["section"]])
+
+
+def test_suite_models_give_the_benchmark_s_own_kernels():
+    """Records tuned on the gathered models must apply to the one-layer models the bench
+    compiles: every kernel of a one-layer case is a workload of the gathered model."""
+    import torch
+
+    from squeezer.bench_sparse_cases import Suite, conv_arrays, kernel_arrays
+    from squeezer.bench_sparse_peers import conv_module, linear_module
+    from squeezer.bench_sparse_tune import suite_models
+    from squeezer.frontend import import_model
+    from squeezer.targets import make_target
+    from squeezer.tune.records import workload_key
+    from squeezer.tune.tasks import extract, prepare_for_tuning
+
+    target = make_target(THREADS)
+
+    def keys(model, example) -> set[str]:
+        mod = prepare_for_tuning(import_model(model, example_inputs=example).mod, target)
+        return {workload_key(t.mod) for t in extract(mod, target)}
+
+    tiny = quick_suite(tiny=True)
+    suite = Suite(tiny.kernels, tiny.convs, ())
+    gathered = set()
+    for _, model, example in suite_models(suite):
+        gathered |= keys(model, example)
+    wanted = set()
+    for c in suite.kernels:
+        dense, x, w = kernel_arrays(c)
+        for weight in (dense, w):
+            wanted |= keys(linear_module(weight), (torch.from_numpy(x),))
+    for c in suite.convs:
+        dense, x, w = conv_arrays(c)
+        for weight in (dense, w):
+            wanted |= keys(conv_module(weight, c.stride), (torch.from_numpy(x),))
+    assert wanted <= gathered
+    assert len(wanted) >= len(suite.kernels) + len(suite.convs)
