@@ -8,6 +8,7 @@ from . import (
     distill,  # noqa: F401  (registers "distill")
     finetune,  # noqa: F401  (registers "finetune")
     prune,  # noqa: F401  (registers the pruning methods)
+    quantize,  # noqa: F401  (registers the quantization methods)
 )
 from .base import (
     CompressContext,
