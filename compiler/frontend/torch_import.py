@@ -65,7 +65,9 @@ def import_pt2(path: Path) -> Imported:
 def _unsupported_nodes(ep) -> list[str]:
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
-    known = ExportedProgramImporter().create_convert_map()
+    from .torch_qdq import qdq_convert_map
+
+    known = set(ExportedProgramImporter().create_convert_map()) | set(qdq_convert_map())
     bad = []
     for node in ep.run_decompositions().graph.nodes:
         if node.op == "call_function":
@@ -79,6 +81,8 @@ def _import_exported(ep, source: dict, eager) -> Imported:
     import torch
     from tvm.relax.frontend.torch import from_exported_program
 
+    from .torch_qdq import qdq_convert_map
+
     bad = _unsupported_nodes(ep)
     where = source.get("path") or source.get("class", "torch module")
     if bad:
@@ -86,7 +90,8 @@ def _import_exported(ep, source: dict, eager) -> Imported:
             f"{where}: {len(bad)} node(s) use operators squeezer cannot import: " + ", ".join(bad)
         )
     try:
-        mod = from_exported_program(ep, keep_params_as_input=False)
+        mod = from_exported_program(ep, keep_params_as_input=False,
+                                    custom_convert_map=qdq_convert_map())
     except Exception as err:
         raise ModelLoadError(f"{where}: import failed: {type(err).__name__}: {err}") from err
 
