@@ -12,3 +12,12 @@ structure of the model after ``squash``, never a side channel (DESIGN.md, decisi
   the compiler recognizes the format from the values and stores it packed.
 - **Binary activations** (BNN, XNOR-Net): ``torch.where(x >= 0, 1.0, -1.0)`` in the graph.
 """
+
+from . import (
+    binary,  # noqa: F401  (registers "bwn", "xnor", "bnn")
+    horq,  # noqa: F401  (registers "horq")
+    inq,  # noqa: F401  (registers "inq")
+    ternary,  # noqa: F401  (registers "twn")
+)
+
+from . import int8  # noqa: E402,F401  (registers "int8")
