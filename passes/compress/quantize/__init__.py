@@ -17,7 +17,6 @@ from . import (
     binary,  # noqa: F401  (registers "bwn", "xnor", "bnn")
     horq,  # noqa: F401  (registers "horq")
     inq,  # noqa: F401  (registers "inq")
+    int8,  # noqa: F401  (registers "int8")
     ternary,  # noqa: F401  (registers "twn")
 )
-
-from . import int8  # noqa: E402,F401  (registers "int8")
