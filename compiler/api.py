@@ -67,7 +67,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
     from squeezer.pipeline import default_stages, run_pipeline, tuned_schedule_stage
     from squeezer.summary import layer_table, summarize
     from squeezer.targets import check_threads, detect_host, make_target
-    from squeezer.verify import random_inputs
+    from squeezer.verify import quantization_steps, random_inputs
     from squeezer.verify import verify as run_verify
 
     if target not in TARGETS:
@@ -80,6 +80,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
         if by_name is not None:
             example_inputs = _order_by_name(by_name, imported.inputs)
         tgt = make_target(threads)
+        steps = quantization_steps(imported.mod)
         layers: list[dict] = []
 
         def summarize_graph(stage: str, mod: tvm.IRModule) -> None:
@@ -93,7 +94,9 @@ def compile(  # noqa: A001 - the public name the brief fixes
             from squeezer.tune import records_for_compile
 
             store = records_for_compile(list(records or []), host.key)
-        stages = default_stages(tuned_schedule_stage(store, coverage) if store else None)
+        float_fallback: list[dict] = []
+        stages = default_stages(tuned_schedule_stage(store, coverage) if store else None,
+                                float_fallback=float_fallback)
         result = run_pipeline(imported.mod, tgt, stages=stages, dump_ir=dump_ir,
                               on_stage=prog.stage, after_stage=summarize_graph)
         tuning = _tuning_summary(store, coverage, host.key, tgt)
@@ -109,6 +112,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
             "summary": summarize(layers),
             "layers": layers,
             "tuning": tuning,
+            "float_fallback": float_fallback,
             "stage_seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "verified": None,
         }
@@ -119,7 +123,8 @@ def compile(  # noqa: A001 - the public name the brief fixes
                 inputs = [_as_numpy(a) for a in _as_tuple(example_inputs)]
             else:
                 inputs = imported.example_inputs or random_inputs(imported.inputs)
-            checks = run_verify(module, imported.reference, imported.outputs, inputs)
+            checks = run_verify(module, imported.reference, imported.outputs, inputs,
+                                steps=steps)
             manifest["verified"] = {c.name: {"max_abs": c.max_abs, "max_rel": c.max_rel}
                                     for c in checks}
     return module

@@ -10,6 +10,7 @@ schedule and gives every other PrimFunc squeezer's default schedule.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +30,14 @@ class Stage:
     run: StageFn
 
 
-def graph_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def graph_stage(mod: tvm.IRModule, target: tvm.target.Target,
+                float_fallback: list[dict] | None = None) -> tvm.IRModule:
+    """The graph passes; ``float_fallback`` receives the operators of a quantized model left
+    in float (``fold_qdq``)."""
     from squeezer.passes.graph import inference_passes
 
     with target:
-        return tvm.transform.Sequential(inference_passes())(mod)
+        return tvm.transform.Sequential(inference_passes(float_fallback))(mod)
 
 
 def tag_kernels() -> tvm.transform.Pass:
@@ -134,10 +138,12 @@ def lower_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return seq(mod)
 
 
-def default_stages(schedule: StageFn | None = None) -> list[Stage]:
-    """The CPU pipeline after import (``schedule`` replaces the default schedule stage)."""
+def default_stages(schedule: StageFn | None = None,
+                   float_fallback: list[dict] | None = None) -> list[Stage]:
+    """The CPU pipeline after import (``schedule`` replaces the default schedule stage;
+    ``float_fallback`` receives the graph stage's list of operators left in float)."""
     return [
-        Stage("graph", graph_stage),
+        Stage("graph", functools.partial(graph_stage, float_fallback=float_fallback)),
         Stage("legalize", legalize_stage),
         Stage("schedule", schedule or schedule_stage),
         Stage("build", lower_stage),

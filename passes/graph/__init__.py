@@ -10,19 +10,23 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .fold_qdq import fold_qdq
 from .sparsify_weights import sparsify_weights
 
 
-def inference_passes() -> list[tvm.transform.Pass]:
+def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.transform.Pass]:
     """Graph passes for inference, in order.
 
     Batch norm is folded into the preceding convolution's weights where the pattern allows it
     (conv2d directly followed by batch_norm, constant statistics); what remains is decomposed
     into elementwise arithmetic, which ``FuseOps`` then fuses into the producer's epilogue.
     Products whose constant weights are sparse enough for the sparse kernel to win become
-    ``sparse_matmul`` calls (``sparsify_weights``).
+    ``sparse_matmul`` calls (``sparsify_weights``). QDQ pairs around quantized operators become
+    integer operators (``fold_qdq``, first: ``FoldConstant`` would turn int8 weights into float);
+    ``float_fallback`` receives the operators of a quantized model that stay float, with why.
     """
     return [
+        fold_qdq(log=float_fallback),
         relax.transform.FoldConstant(),
         relax.transform.FoldBatchnormToConv2D(),
         relax.transform.DecomposeOpsForInference(),

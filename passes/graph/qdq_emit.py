@@ -1,0 +1,87 @@
+"""Relax code that ``fold_qdq`` emits: integer products, requantization, float views.
+
+Every piece is a plain elementwise Relax operator after the integer ``conv2d``/``matmul``, so
+``FuseOps`` fuses the requantization into the product's epilogue:
+
+    acc = nn.conv2d(xq, wq, out_dtype="int32")      # or matmul(xq, wq[K, N])
+    t = astype(acc, "int64") * M                    # M: int64, per output channel or scalar
+    y = astype(clip((t + B) >> n, lo, hi), "uint8") # B: zero points, bias, zy, rounding
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import relax
+
+from .qdq_reps import Affine, QTensor, channel_shape, compact, requant_constants
+
+
+def const(values, dtype: str) -> relax.Expr:
+    return relax.const(np.ascontiguousarray(np.asarray(values).astype(dtype)), dtype)
+
+
+def _channel_const(aff: Affine, values: np.ndarray, dtype: str) -> relax.Expr:
+    return const(channel_shape(compact(np.asarray(values)), aff.axis, aff.ndim), dtype)
+
+
+def emit_requant(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: int,
+                 dtype: str) -> relax.Expr:
+    """``quantize(aff, scale, zero_point, dtype)`` in integer arithmetic (see ``qdq_reps``)."""
+    r = requant_constants(aff, scale, zero_point, dtype)
+    total = None
+    for term, mult in zip(aff.terms, r.multipliers, strict=True):
+        x = bb.emit(relax.op.astype(term.expr, "int64"))
+        x = bb.emit(relax.op.multiply(x, _channel_const(aff, mult, "int64")))
+        total = x if total is None else bb.emit(relax.op.add(total, x))
+    assert total is not None
+    total = bb.emit(relax.op.add(total, _channel_const(aff, r.offset, "int64")))
+    total = bb.emit(relax.op.right_shift(total, _channel_const(aff, r.shift, "int64")))
+    total = bb.emit(relax.op.clip(total, r.lo, r.hi))
+    return relax.op.astype(total, dtype)
+
+
+def emit_float(bb: relax.BlockBuilder, aff: Affine) -> relax.Expr:
+    """The float value of ``aff`` for float consumers: ``sum s * x + (bias - sum s * z)``."""
+    total = None
+    base = np.asarray(aff.bias, np.float64)
+    for term in aff.terms:
+        x = bb.emit(relax.op.astype(term.expr, "float32"))
+        x = bb.emit(relax.op.multiply(x, _channel_const(aff, term.scale, "float32")))
+        base = base - term.scale * term.zero
+        total = x if total is None else bb.emit(relax.op.add(total, x))
+    assert total is not None
+    out = relax.op.add(total, _channel_const(aff, base, "float32"))
+    if aff.lo > -math.inf:
+        out = relax.op.maximum(bb.emit(out), const(aff.lo, "float32"))
+    if aff.hi < math.inf:
+        out = relax.op.minimum(bb.emit(out), const(aff.hi, "float32"))
+    return out
+
+
+def emit_dequantize(q: QTensor) -> relax.Expr:
+    return relax.op.dequantize(q.q, const(q.scale, "float32"), const(q.zero_point, "int32"))
+
+
+def emit_sum_pool(bb: relax.BlockBuilder, x: QTensor, channels: int, pool: tuple[int, int],
+                  strides, dilation, padding) -> relax.Expr:
+    """Window sums of an NCHW tensor as an int32 depthwise convolution with ones; padding is
+    filled with the zero point (the padded positions count as real zeros)."""
+    ones = np.ones((channels, 1, *pool), np.int8)
+    return emit_conv(bb, x, ones, strides, dilation, padding, channels)
+
+
+def emit_conv(bb: relax.BlockBuilder, x: QTensor, w: np.ndarray, strides, dilation, padding,
+              groups: int) -> relax.Expr:
+    """``conv2d(xq, wq, out_dtype="int32")``; a nonzero zero point pads explicitly with it, so
+    the zero-point correction ``zx * sum(w)`` is exact at the borders too."""
+    data = x.q
+    pad = [int(p) for p in padding]  # top, left, bottom, right
+    if any(pad) and x.zero_point != 0:
+        data = bb.emit(relax.op.nn.pad(data, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]],
+                                       "constant", float(x.zero_point)))
+        pad = [0, 0, 0, 0]
+    return bb.emit(relax.op.nn.conv2d(data, const(w, str(w.dtype)), strides=strides,
+                                      padding=pad, dilation=dilation, groups=groups,
+                                      out_dtype="int32"))

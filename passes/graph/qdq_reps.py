@@ -1,0 +1,191 @@
+"""What ``fold_qdq`` knows about a value: its integer form, and the fixed-point arithmetic.
+
+A float tensor in a QDQ graph is tracked as one of:
+
+- :class:`QTensor`: exactly ``dequantize(q, scale, zero_point)`` with one scale for the tensor
+  (an 8-bit activation; what integer conv2d/matmul take as input).
+- :class:`Affine`: ``clip(sum_i s_i * (x_i - z_i) + bias, lo, hi)`` over integer tensors
+  ``x_i`` (an int32 accumulator, a quantized tensor), with ``s_i``, ``z_i`` and ``bias`` one per
+  channel along ``axis`` or one for the tensor. Bias adds, ReLU/clip and adds of two quantized
+  tensors extend it; a following ``quantize`` becomes one fixed-point requantization.
+- :class:`Weight`: ``dequantize`` of a constant integer array (weights, int32 biases).
+- :class:`Concat`: a concatenation of QTensors with different scales, requantized per part.
+- :class:`PerAxis`: an activation dequantized per channel (kept float; named in the report).
+- a numpy array: a constant computed from constants.
+
+Requantization (:func:`requant_constants`) is fixed point, TFLite/gemmlowp style but exact in
+int64: each real multiplier ``m = s_i / s_out`` becomes an integer mantissa ``M < 2**31`` and a
+right shift ``n`` shared by the terms of a channel, ``y = (sum_i M_i * x_i + B) >> n`` with the
+zero points, bias, output zero point and the rounding constant ``2**(n-1)`` folded into ``B``:
+round to nearest, ties toward +infinity (float quantize rounds ties to even; the two differ
+only on exact ties).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from tvm import relax
+
+INT8_DTYPES = ("int8", "uint8")
+
+
+def dtype_range(dtype: str) -> tuple[int, int]:
+    info = np.iinfo(np.dtype(dtype))
+    return int(info.min), int(info.max)
+
+
+@dataclass(frozen=True)
+class QTensor:
+    q: relax.Expr
+    scale: float
+    zero_point: int
+    dtype: str
+
+    def deviation(self) -> float:
+        """Largest ``|q - zero_point|`` the dtype allows."""
+        lo, hi = dtype_range(self.dtype)
+        return float(max(self.zero_point - lo, hi - self.zero_point))
+
+    def same_params(self, other: QTensor) -> bool:
+        return (self.dtype, self.zero_point) == (other.dtype, other.zero_point) and \
+            np.float32(self.scale) == np.float32(other.scale)
+
+    def as_affine(self, ndim: int) -> Affine:
+        one = np.float64(self.scale)
+        return Affine((Term(self.q, np.array(one), np.array(self.zero_point, np.int64),
+                            np.array(self.deviation())),), np.zeros(()), 0, ndim)
+
+
+@dataclass(frozen=True)
+class Term:
+    """``scale * (expr - zero)``; ``bound`` is the largest ``|expr - zero|``."""
+
+    expr: relax.Expr
+    scale: np.ndarray  # float64, () or (C,)
+    zero: np.ndarray  # int64, () or (C,)
+    bound: np.ndarray  # float64, () or (C,)
+
+
+@dataclass(frozen=True)
+class Affine:
+    terms: tuple[Term, ...]
+    bias: np.ndarray  # float64, () or (C,)
+    axis: int  # the channel axis of per-channel arrays (non-negative)
+    ndim: int
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    @property
+    def clamped(self) -> bool:
+        return self.lo > -math.inf or self.hi < math.inf
+
+    def channels(self) -> int | None:
+        sizes = {a.size for t in self.terms for a in (t.scale, t.zero)} | {self.bias.size}
+        sizes.discard(1)
+        return sizes.pop() if sizes else None
+
+    def clip(self, lo: float, hi: float) -> Affine:
+        """``clip(self, lo, hi)``: clip composed with clip is one clip."""
+        return replace(self, lo=min(max(self.lo, lo), hi), hi=min(max(self.hi, lo), hi))
+
+    def add_bias(self, bias: np.ndarray) -> Affine:
+        return replace(self, bias=self.bias + bias)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """``(q - zero) * scale`` of a constant; ``scale``/``zero`` broadcast against ``q``."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+    axis: int | None  # the source's quantization axis (None: per tensor)
+
+    def values(self) -> np.ndarray:
+        return (self.q.astype(np.float64) - self.zero) * self.scale
+
+    def full(self) -> Weight:
+        shape = self.q.shape
+        return replace(self, scale=np.broadcast_to(self.scale, shape).copy(),
+                       zero=np.broadcast_to(self.zero, shape).copy())
+
+    def per_axis(self, axis: int) -> np.ndarray | None:
+        """The scale as one value per index of ``axis``, or None if it varies along another."""
+        s = np.broadcast_to(self.scale, self.q.shape)
+        moved = np.moveaxis(s, axis, 0).reshape(s.shape[axis], -1)
+        if not (moved == moved[:, :1]).all():
+            return None
+        return moved[:, 0].astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Concat:
+    parts: tuple[QTensor, ...]
+    axis: int
+
+
+@dataclass(frozen=True)
+class PerAxis:
+    axis: int
+
+
+@dataclass(frozen=True)
+class Requant:
+    """Constants of ``y = clip((sum_i M_i * x_i + B) >> n, lo, hi)``, shaped for broadcasting."""
+
+    multipliers: list[np.ndarray] = field(default_factory=list)  # int64 per term
+    offset: np.ndarray = field(default_factory=lambda: np.zeros((), np.int64))
+    shift: np.ndarray = field(default_factory=lambda: np.zeros((), np.int64))
+    lo: int = 0
+    hi: int = 0
+
+
+def requant_constants(aff: Affine, scale: float, zero_point: int, dtype: str) -> Requant:
+    """Fixed-point constants requantizing ``aff`` to ``(scale, zero_point, dtype)``.
+
+    The shift keeps every multiplier below 2**31 and every intermediate of
+    ``sum M_i * x_i + B`` below 2**62 (from the terms' bounds), so int64 never overflows.
+    """
+    c = aff.channels() or 1
+    ms = [np.broadcast_to(t.scale / scale, (c,)).astype(np.float64) for t in aff.terms]
+    zs = [np.broadcast_to(t.zero, (c,)).astype(np.int64) for t in aff.terms]
+    bounds = [np.broadcast_to(t.bound, (c,)) for t in aff.terms]
+    bias = np.broadcast_to(aff.bias / scale, (c,)).astype(np.float64)
+    biggest = np.max(np.stack([np.abs(m) for m in ms]), axis=0)
+    exponent = np.frexp(np.maximum(biggest, np.finfo(np.float64).tiny))[1]
+    ymax = sum(np.abs(m) * (b + np.abs(z)) for m, b, z in zip(ms, bounds, zs, strict=True))
+    ymax = ymax + np.abs(bias) + abs(zero_point) + 2.0
+    room = 61 - np.ceil(np.log2(ymax)).astype(np.int64)
+    shift = np.minimum(np.minimum(31 - exponent, room), 62).astype(np.int64)
+    if (shift < 1).any():
+        raise ValueError(f"requantization multiplier {biggest.max():.3g} out of range")
+    mults = [np.round(m * np.exp2(shift)).astype(np.int64) for m in ms]
+    offset = np.round(bias * np.exp2(shift)).astype(np.int64) + (np.int64(zero_point) << shift)
+    offset += np.int64(1) << (shift - 1)
+    for m, z in zip(mults, zs, strict=True):
+        offset -= m * z
+    qmin, qmax = dtype_range(dtype)
+    lo, hi = qmin, qmax
+    if aff.lo > -math.inf:
+        lo = max(qmin, min(qmax, zero_point + int(np.rint(aff.lo / scale))))
+    if aff.hi < math.inf:
+        hi = min(qmax, max(qmin, zero_point + int(np.rint(aff.hi / scale))))
+    return Requant(mults, offset, shift, lo, hi)
+
+
+def channel_shape(values: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    """A () or (C,) array reshaped to broadcast along ``axis`` of an ``ndim`` tensor."""
+    if values.size == 1:
+        return values.reshape(())
+    shape = [1] * ndim
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def compact(values: np.ndarray) -> np.ndarray:
+    """One value when all channels agree (scalar constants keep the epilogue small)."""
+    flat = values.reshape(-1)
+    return flat[:1].reshape(()) if (flat == flat[0]).all() else values
