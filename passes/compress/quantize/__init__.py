@@ -15,8 +15,10 @@ structure of the model after ``squash``, never a side channel (DESIGN.md, decisi
 
 from . import (
     binary,  # noqa: F401  (registers "bwn", "xnor", "bnn")
+    dynamic8,  # noqa: F401  (registers "dynamic8")
     horq,  # noqa: F401  (registers "horq")
     inq,  # noqa: F401  (registers "inq")
+    int4,  # noqa: F401  (registers "int4")
     int8,  # noqa: F401  (registers "int8")
     ternary,  # noqa: F401  (registers "twn")
 )
