@@ -62,6 +62,11 @@ def cmd_compile(args) -> int:
     out = mod.save(args.output)
     con = _console(args)
     _print_coverage(mod.manifest.get("tuning") or {}, args.no_records)
+    from squeezer.float_report import float_fallback_table
+
+    fallback = float_fallback_table(mod.manifest.get("float_fallback") or [])
+    if fallback is not None:
+        con.print(fallback)
     verified = mod.manifest["verified"]
     note = "not verified (--no-verify)" if verified is None else "verified: " + ", ".join(
         f"{k} max abs err {v['max_abs']:.2g}" for k, v in verified.items())

@@ -20,7 +20,8 @@ def _shape(s) -> str:
 
 
 def info_tables(path: str | Path, contents: ArtifactContents) -> list:
-    """Two rich tables: the manifest summary and the per-layer table."""
+    """Rich tables: the manifest summary, the per-layer table and, for a quantized model with
+    operators left in float, those operators."""
     from rich.table import Table
 
     m = contents.manifest
@@ -57,7 +58,10 @@ def info_tables(path: str | Path, contents: ArtifactContents) -> list:
         layers.add_row(str(i), r["op"], " ".join(_shape(s) for s in r["inputs"]),
                        _shape(r["output"]), f"{r['params']:,}", _human(r["bytes"]),
                        _human(r["flops"]))
-    return [t, layers]
+    from squeezer.float_report import float_fallback_table
+
+    fallback = float_fallback_table(m.get("float_fallback") or [])
+    return [t, layers] + ([fallback] if fallback is not None else [])
 
 
 def _tuning(t: dict) -> str:
