@@ -55,9 +55,9 @@ class BinaryInputSettings(LowbitSettings):
     Attributes
     ----------
     first, last : {"float", "weights", "binary"}
-        What happens to the first and last chosen layer (model order): kept in ``float``,
-        quantized ``weights`` with float inputs, or ``binary`` (weights and inputs). Every
-        other chosen layer is ``binary``.
+        What happens to the model's first and last ``Linear``/``Conv2d`` layer: kept in
+        ``float``, quantized ``weights`` with float inputs, or ``binary`` (weights and inputs).
+        Every other chosen layer is ``binary``.
     """
 
     first: LayerMode = "float"
@@ -202,7 +202,8 @@ def select_layers(
 ) -> tuple[dict[str, tuple[Layer, LayerMode]], list[str]]:
     """The weights to quantize, by tensor name, with their mode, and lines about layers left out.
 
-    ``first`` and ``last`` apply to the first and last of the chosen layers in model order.
+    ``first`` and ``last`` are the modes of the model's first and last ``Linear``/``Conv2d``
+    layers (in model order) when they are chosen; every other chosen layer is ``binary``.
 
     Raises
     ------
@@ -227,17 +228,17 @@ def select_layers(
         chosen = [n for n in names if found[n].groups == 1]
     chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
     modes: dict[str, LayerMode] = {n: "binary" for n in chosen}
+    if names[0] == names[-1] and first != last:
+        raise RecipeError(
+            f"first: {first!r} and last: {last!r} disagree on the only layer {names[0]!r}"
+        )
+    for n, mode in ((names[0], first), (names[-1], last)):
+        if n in modes:
+            modes[n] = mode
     lines = []
-    if chosen:
-        modes[chosen[0]], modes[chosen[-1]] = first, last
-        if len(chosen) == 1 and first != last:
-            raise RecipeError(
-                f"first: {first!r} and last: {last!r} disagree on the only chosen layer "
-                f"{chosen[0]!r}"
-            )
     for n in chosen:
         if modes[n] == "float":
-            lines.append(f"kept {n!r} in float (it is the {'first' if n == chosen[0] else 'last'})")
+            lines.append(f"kept {n!r} in float (the {'first' if n == names[0] else 'last'} layer)")
             continue
         reason = not_applicable(found[n], modes[n])
         if reason is not None and layers:
