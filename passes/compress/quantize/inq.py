@@ -168,7 +168,7 @@ class IncrementalQuantization(LowbitMethod[InqSettings]):
         out = {}
         for name, q in self.quantizers.items():
             assert isinstance(q, PowerOfTwoWeight)
-            out[name] = float(q.frozen.float().mean())
+            out[name] = int(q.frozen.sum()) / q.frozen.numel()
         return out
 
     def prepare(self, model: torch.nn.Module, ctx: CompressContext) -> torch.nn.Module:
