@@ -9,11 +9,13 @@ from tvm.target import Target
 
 from .conv2d import Conv2dNCHW
 from .elementwise import ParallelVectorize, SerialTiny
+from .int4_matmul import Int4Matmul
 from .matmul import Matmul
 from .sparse_matmul import SparseMatmul
 
 __all__ = [
     "Conv2dNCHW",
+    "Int4Matmul",
     "Matmul",
     "ParallelVectorize",
     "SerialTiny",
@@ -27,6 +29,7 @@ def default_rules() -> list[ScheduleRule]:
     """The ordered CPU rule list; the last one applies to every PrimFunc."""
     return [
         SparseMatmul(),
+        Int4Matmul(),
         Conv2dNCHW(),
         Matmul(),
         SerialTiny(),

@@ -98,6 +98,10 @@ def extract(mod: tvm.IRModule, target: tvm.target.Target) -> list[Task]:
 def _flops(mod: tvm.IRModule) -> float:
     func = mod["main"] if "main" in [gv.name_hint for gv in mod.get_global_vars()] else None
     if func is not None and func.attrs is not None and "squeezer.kernel" in func.attrs:
+        if str(func.attrs["squeezer.kernel"]) == "int4_matmul":
+            from squeezer.schedules.int4_matmul import kernel_flops as int4_flops
+
+            return int4_flops(func)
         # data-dependent loops: TVM's estimate multiplies symbolic bounds into nonsense
         from squeezer.schedules.sparse_matmul import kernel_flops
 

@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from .fold_qdq import fold_qdq
+from .int4_weights import int4_weights
 from .sparsify_weights import sparsify_weights
 
 
@@ -31,6 +32,7 @@ def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.trans
         relax.transform.FoldBatchnormToConv2D(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
+        int4_weights(),
         sparsify_weights(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
