@@ -8,8 +8,9 @@ the quantized values. This module finds which format those values are in, per ou
 - ``ternary``: every row is ``{-a, 0, +a}`` (TWN).
 - ``residual``: every row is ``sum_i a_i * s_i`` with ``s_i`` in ``{-1, +1}``, 2 or 3 terms
   (HORQ of order 2 or 3; ``a_i`` per row).
-- ``pow2``: every value is 0 or ``+-2^e`` with at most 15 consecutive exponents in the tensor
-  (INQ; a 5-bit code: sign and a 4-bit exponent index whose 0 means zero).
+- ``pow2``: every value is 0 or ``+-2^e`` with at most 15 consecutive exponents in the tensor,
+  all in float32's normal range (INQ; a 5-bit code: sign and a 4-bit exponent index whose 0
+  means zero).
 - ``int4``: groups of ``g`` (128, 64 or 32, coarsest that fits) consecutive values along ``K``
   are integer multiples in ``[-8, 7]`` of a per-group scale.
 
@@ -98,8 +99,11 @@ class Pow2Codes:
 
     @property
     def nbytes(self) -> int:
-        """Bytes stored: 5-bit codes packed densely, plus the exponent offset."""
-        return math.ceil(self.codes.size * 5 / 8) + 1
+        """Bytes stored: the 5 bits of the codes as bit planes, each row in whole 64-bit words
+        (the exponent offset is a compile-time constant)."""
+        rows = self.codes.shape[0]
+        k = self.codes.size // max(rows, 1)
+        return 5 * rows * math.ceil(k / WORD_BITS) * 8
 
 
 @dataclass(frozen=True)
@@ -314,8 +318,8 @@ def as_pow2(w: np.ndarray, rtol: float = RTOL) -> Pow2Codes | None:
     if np.any(~zero & (np.abs(mag - np.ldexp(1.0, e)) > rtol * mag)):
         return None
     e_min, e_max = int(e[~zero].min()), int(e[~zero].max())
-    if e_max - e_min + 1 > POW2_EXPONENTS:
-        return None
+    if e_max - e_min + 1 > POW2_EXPONENTS or e_min < -126 or e_max > 127:
+        return None  # too wide for the code, or outside float32's normal range
     index = np.where(zero, 0, e - e_min + 1)
     codes = (index | np.where(x < 0, 16, 0)).astype(np.uint8)
     return Pow2Codes(tuple(np.shape(w)), codes.reshape(np.shape(w)), e_min)
