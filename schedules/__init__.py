@@ -7,6 +7,7 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from .bitserial import Bitserial
 from .conv2d import Conv2dNCHW
 from .elementwise import ParallelVectorize, SerialTiny
 from .int4_matmul import Int4Matmul
@@ -14,6 +15,7 @@ from .matmul import Matmul
 from .sparse_matmul import SparseMatmul
 
 __all__ = [
+    "Bitserial",
     "Conv2dNCHW",
     "Int4Matmul",
     "Matmul",
@@ -28,6 +30,7 @@ __all__ = [
 def default_rules() -> list[ScheduleRule]:
     """The ordered CPU rule list; the last one applies to every PrimFunc."""
     return [
+        Bitserial(),
         SparseMatmul(),
         Int4Matmul(),
         Conv2dNCHW(),
