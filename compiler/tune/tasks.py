@@ -103,9 +103,11 @@ def _flops(mod: tvm.IRModule) -> float:
 
             return int4_flops(func)
         # data-dependent loops: TVM's estimate multiplies symbolic bounds into nonsense
+        from squeezer.schedules.sparse_matmul import KERNEL as SPARSE
         from squeezer.schedules.sparse_matmul import kernel_flops
 
-        return kernel_flops(func)
+        if str(func.attrs["squeezer.kernel"]) == SPARSE:
+            return kernel_flops(func)
     try:
         return float(estimate_tir_flops(mod))
     except Exception:  # noqa: BLE001 - opaque kernels (extern calls) have no estimate
