@@ -144,11 +144,22 @@ def detect(w: np.ndarray, rtol: float = RTOL,
     """
     finders = {"binary": as_binary, "ternary": as_ternary, "residual": as_residual,
                "pow2": as_pow2, "int4": as_int4}
+    x = _rows(w)
+    if x is None:
+        return None
+    # A cheap look at the first row rules out most formats for a float weight (distinct values
+    # within the tolerance): a float model's compile then pays almost nothing here.
+    distinct = _count_distinct(x[0], rtol)
+    group_distinct = _count_distinct(x[0, : min(INT4_GROUPS)], rtol)
+    most = {"binary": 2, "ternary": 3, "residual": 8, "pow2": 2 * POW2_EXPONENTS + 1}
     for name in FORMATS:
-        if name in formats:
-            found = finders[name](w, rtol=rtol)
-            if found is not None:
-                return found
+        if name not in formats:
+            continue
+        if name == "int4" and group_distinct > 16 or distinct > most.get(name, distinct):
+            continue
+        found = finders[name](w, rtol=rtol)
+        if found is not None:
+            return found
     return None
 
 
@@ -258,6 +269,12 @@ def _residual_templates(k: int) -> list[np.ndarray]:
     return [first, swapped]
 
 
+def _count_distinct(row: np.ndarray, rtol: float) -> int:
+    """Distinct values of ``row`` (gaps above ``rtol`` times its largest magnitude)."""
+    s = np.sort(row)
+    return 1 + int(np.count_nonzero(np.diff(s) > rtol * np.abs(s).max()))
+
+
 def _clusters(row: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values of ``row`` (gaps above ``tol`` separate them): centers and labels."""
     order = np.argsort(row, kind="stable")
@@ -266,7 +283,8 @@ def _clusters(row: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     ids = np.cumsum(starts) - 1
     labels = np.empty(row.size, np.int64)
     labels[order] = ids
-    centers = np.array([np.median(s[ids == j]) for j in range(ids[-1] + 1)])
+    bounds = np.flatnonzero(starts)[1:]
+    centers = np.array([np.median(part) for part in np.split(s, bounds)])
     return centers, labels
 
 
@@ -279,10 +297,10 @@ def _fit_residual(x: np.ndarray, k: int, rtol: float
     pinv_cache: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
     for r in range(rows):
         scale = np.abs(x[r]).max()
+        if _count_distinct(x[r], rtol) > 2 ** k:
+            return None
         centers, labels = _clusters(x[r], rtol * scale)
         m = centers.size
-        if m > 2 ** k:
-            return None
         found = None
         for t, tmpl in enumerate(templates):
             for slots in itertools.combinations(range(2 ** k), m):
