@@ -10,6 +10,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .binarize import binarize
 from .fold_qdq import fold_qdq
 from .int4_weights import int4_weights
 from .sparsify_weights import sparsify_weights
@@ -25,6 +26,8 @@ def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.trans
     ``sparse_matmul`` calls (``sparsify_weights``). QDQ pairs around quantized operators become
     integer operators (``fold_qdq``, first: ``FoldConstant`` would turn int8 weights into float);
     ``float_fallback`` receives the operators of a quantized model that stay float, with why.
+    Binary, ternary and HORQ weights on binarized inputs become bit-serial kernels; low-bit
+    weights without a kernel for their layer are stored packed and decoded (``binarize``).
     """
     return [
         fold_qdq(log=float_fallback),
@@ -33,6 +36,7 @@ def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.trans
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
         int4_weights(),
+        binarize(float_fallback=float_fallback),
         sparsify_weights(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
