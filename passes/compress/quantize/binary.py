@@ -28,6 +28,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..base import CompressContext, register_method
 from ..prune.layers import Layer
+from ..prune.masks import dense_of
 from .lowbit_base import WeightQuantizer, per_filter_mean_abs, sign, sign_ste
 from .lowbit_method import BinaryInputSettings, LayerMode, LowbitMethod, LowbitSettings
 
@@ -156,8 +157,7 @@ class BinarizedNeuralNetworks(LowbitMethod[BnnSettings]):
         """Clip the latent weights to [-1, 1] (their signs, so the model, do not change)."""
         with torch.no_grad():
             for layer in self.layers.values():
-                plist = layer.owner.parametrizations[layer.attr]  # type: ignore[index]
-                plist.original.clamp_(-1.0, 1.0)
+                dense_of(layer.owner, layer.attr).clamp_(-1.0, 1.0)
 
     def _clip_before_training(self, model: torch.nn.Module, args: tuple[object, ...]) -> None:
         if model.training and torch.is_grad_enabled():

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 
 from ..base import CompressContext, register_method
 from ..prune.layers import Layer
+from ..prune.masks import dense_of
 from .lowbit_base import WeightQuantizer
 from .lowbit_method import LowbitMethod, LowbitSettings
 
@@ -197,7 +198,7 @@ class IncrementalQuantization(LowbitMethod[InqSettings]):
         for name, layer in self.layers.items():
             q = self.quantizers[name]
             assert isinstance(q, PowerOfTwoWeight)
-            q.freeze(layer.owner.parametrizations[layer.attr].original, portion)  # type: ignore[index]
+            q.freeze(dense_of(layer.owner, layer.attr), portion)
         self.rounds_done = rounds
         if self.ctx is not None:
             self.ctx.log(f"round {rounds} {when}: {portion:.2%} of every layer quantized")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +93,8 @@ class BinaryInput(torch.nn.Module):
         if not self.scaled:
             return [(self.binarize(x), None)]
         dim = 1 if self.kind == "Conv2d" else -1
-        out, r = [], x
+        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        r = x
         for i in range(self.order):
             h = self.binarize(r)
             beta = r.abs().mean(dim=dim, keepdim=True)
@@ -137,7 +139,8 @@ class BinaryInput(torch.nn.Module):
 
 
 def _binarized_forward(self: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
-    return self.input_binarizer(input, self.weight, self.bias)
+    binarizer = cast(BinaryInput, self.input_binarizer)
+    return binarizer(input, cast(torch.Tensor, self.weight), cast(torch.Tensor | None, self.bias))
 
 
 def _pairs(value: object) -> tuple[int, int]:
@@ -178,7 +181,9 @@ def geometry(model: torch.nn.Module, layer: Layer) -> ConvGeometry | None:
     args = list(node.args) + [None, 1, 0, 1, 1][len(node.args) - 2 :]
     stride, (ph, pw) = _pairs(args[3]), _pairs(args[4])
     kernel = tuple(layer.weight.shape[2:4])
-    return ConvGeometry((kernel[0], kernel[1]), stride, (ph, pw), _pairs(args[5]), int(args[6]),
+    groups = args[6]
+    assert isinstance(groups, int)
+    return ConvGeometry((kernel[0], kernel[1]), stride, (ph, pw), _pairs(args[5]), groups,
                         (pw, pw, ph, ph))  # fmt: skip
 
 
