@@ -21,7 +21,12 @@ from . import base  # noqa: F401  (registers torch.ops.quantized_decomposed)
 
 __all__ = ["export_onnx_qdq", "qdq_node_counts"]
 
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_QD = torch.ops.quantized_decomposed
+_QDQ_TARGETS = {
+    _QD.quantize_per_tensor.default,
+    _QD.dequantize_per_tensor.default,
+    _QD.dequantize_per_channel.default,
+}
 
 
 def export_onnx_qdq(
@@ -62,21 +67,23 @@ def export_onnx_qdq(
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
+        exported = torch.export.export(model, (example,), dynamic_shapes=shapes)
+        ops = {n.target for n in exported.graph.nodes if n.op == "call_function"}
+        if not ops & _QDQ_TARGETS:
+            raise ValueError(
+                "the model has no quantize/dequantize operators (QuantizeLinear/DequantizeLinear "
+                "in ONNX): squash a quantization method first"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model, (example,), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
-                input_names=["input"], output_names=["output"], verbose=False,
+                exported, dynamo=True, opset_version=opset, input_names=["input"],
+                output_names=["output"], verbose=False,
             )  # fmt: skip
     finally:
         quiet.setLevel(level)
         model.train(was_training)
     assert program is not None
-    counts = qdq_node_counts(program.model_proto)
-    if not any(counts[op] for op in _QDQ_OPS):
-        raise ValueError(
-            "the model has no QuantizeLinear/DequantizeLinear: squash a quantization method first"
-        )
     program.save(str(path), external_data=False)
     return path
 

@@ -7,8 +7,9 @@
 - ``kl``: the entropy calibration of TensorRT (Migacz, "8-bit Inference with TensorRT", GTC
   2017): a histogram of ``|x|`` in ``BINS`` bins; for every threshold of ``i >= levels`` bins the
   reference distribution (bins ``[0, i)``, the outliers added to the last one) is compared with
-  its quantization into ``levels`` levels (each level's count spread over its non-empty bins),
-  and the threshold with the least KL divergence wins. ``levels`` is 256 for one-sided data
+  its quantization into ``levels`` levels (each level's count spread over its non-empty bins,
+  empty bins smoothed to probability 1e-4 as in MXNet's and TVM's calibrators), and the
+  threshold with the least KL divergence wins. ``levels`` is 256 for one-sided data
   (min >= 0: all uint8 codes cover ``[0, T]``) and 128 for two-sided data (``[-T, T]``).
 
 The histogram calibrators need the min-max range before they can bin, so they take two passes
@@ -181,14 +182,17 @@ def kl_threshold_bins(hist: np.ndarray, levels: int) -> int:
     return best_i
 
 
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
+def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
     ps, qs = p.sum(), q.sum()
     if ps == 0 or qs == 0:
         return np.inf
+    # Smoothing as MXNet's and TVM's calibrators do: an empty quantized bin where the reference
+    # has mass (the clipped outliers land in the last bin) costs a finite, not infinite, penalty;
+    # otherwise only thresholds ending on a non-empty bin could ever win.
     p, q = p / ps, q / qs
+    q = np.where(q == 0, eps, q)
+    q = q / q.sum()
     mask = p > 0
-    if bool(np.any(q[mask] == 0)):
-        return np.inf
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
