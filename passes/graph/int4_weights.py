@@ -12,11 +12,13 @@ The weight becomes two constants, packed nibbles and per-group scales
 byte per value. Bias and activation that follow are fused into the kernel's epilogue by
 ``FuseOps`` (the kernel is output-elementwise-fusable).
 
-Activations (``act``): ``"int8"`` quantizes them per row inside the kernel and multiplies with
-VNNI (``vpdpbusd``); the results then differ from the float product by the activation rounding
-(about 0.5 % of the largest output). ``"float"`` multiplies the float activations with the
-unpacked weights: float rounding only. ``"auto"`` (default) is ``"float"``: only it keeps a
-compiled model within the verification tolerance of the reference.
+Activations (``act``): ``"int16"`` quantizes them per row inside the kernel to 15 bits, split
+in two int8 planes multiplied with VNNI (``vpdpbusd``): the results differ from the float
+product by about 1e-4 of the largest output. ``"int8"`` uses one plane (half the multiplies):
+about 0.5 %, more than the compiler's verification tolerance (1e-3 of the largest output) allows.
+``"float"`` multiplies the float activations with the unpacked weights (float rounding only; no
+VNNI needed, more instructions per weight). ``"auto"`` (default) is ``"int16"`` on AVX512-VNNI
+targets and ``"float"`` elsewhere.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from squeezer.schedules.int4_matmul import Int4Weight, has_vnni, int4_matmul_fun
 
 from .weight_formats import as_int4, detect
 
-Activations = Literal["auto", "int8", "float"]
+Activations = Literal["auto", "int8", "int16", "float"]
 PROBE_ROWS = 8
 
 
@@ -109,25 +111,27 @@ def int4_weights(log: list[dict] | None = None, act: Activations = "auto"
     ----------
     log : optional; receives ``{"op", "where", "reason", ...}`` per weight that holds low-bit
         values: rewritten (with group, activations and bytes) or left alone, and why.
-    act : ``"int8"`` (needs AVX512-VNNI in the current target), ``"float"``, or ``"auto"``.
+    act : ``"int16"`` or ``"int8"`` (need AVX512-VNNI in the current target), ``"float"``, or
+        ``"auto"`` (``"int16"`` where the target has VNNI, else ``"float"``).
 
     Raises
     ------
     ValueError
-        ``act="int8"`` on a target without AVX512-VNNI, or an unknown ``act``.
+        ``act="int8"``/``"int16"`` on a target without AVX512-VNNI, or an unknown ``act``.
     """
-    if act not in ("auto", "int8", "float"):
-        raise ValueError(f"int4_weights: act must be 'auto', 'int8' or 'float', got {act!r}")
+    if act not in ("auto", "int8", "int16", "float"):
+        raise ValueError(f"int4_weights: act must be 'auto', 'int8', 'int16' or 'float', got "
+                         f"{act!r}")
     entries = log if log is not None else []
 
     @tvm.transform.module_pass(opt_level=0, name="squeezer.Int4Weights")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        mode = "float" if act == "auto" else act
-        if mode == "int8":
-            target = tvm.target.Target.current(allow_none=True)
-            if target is None or not has_vnni(target):
-                raise ValueError(f"int4_weights: act='int8' needs an AVX512-VNNI target, got "
-                                 f"{target}")
+        target = tvm.target.Target.current(allow_none=True)
+        vnni = target is not None and has_vnni(target)
+        mode = ("int16" if vnni else "float") if act == "auto" else act
+        if mode != "float" and not vnni:
+            raise ValueError(f"int4_weights: act={mode!r} needs an AVX512-VNNI target, got "
+                             f"{target}")
         rewriter = _Int4(mod, mode, entries)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
