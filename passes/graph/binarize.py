@@ -84,9 +84,12 @@ def _scalar(expr: relax.Expr) -> float | None:
 
 
 def _prim(expr: relax.Expr) -> float | None:
-    if isinstance(expr, relax.PrimValue):
-        v = expr.value
-        return float(v.value) if hasattr(v, "value") else None
+    """A clip bound: an integer or float immediate (or a constant)."""
+    if isinstance(expr, tvm.tirx.IntImm | tvm.tirx.FloatImm):
+        return float(expr.value)
+    value = getattr(expr, "value", None)  # a PrimValue wrapping an immediate
+    if isinstance(value, tvm.tirx.IntImm | tvm.tirx.FloatImm):
+        return float(value.value)
     return _scalar(expr)
 
 
@@ -207,7 +210,7 @@ class _Binarize(PyExprMutator):
             return f"strides {strides} (bit-serial conv2d needs equal strides)"
         if pad[0] != pad[2] or pad[1] != pad[3]:
             return f"padding {pad} (bit-serial conv2d needs symmetric padding)"
-        if a.out_layout != "NCHW" or str(a.out_dtype) not in ("", "float32", "void"):
+        if a.out_layout != "NCHW" or str(a.out_dtype) not in ("", "float32", "void", "None"):
             return f"output {a.out_layout} {a.out_dtype}"
         return None
 
