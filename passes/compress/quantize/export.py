@@ -6,6 +6,11 @@
 ``dequantize_per_channel`` into ``DequantizeLinear`` with ``axis=0`` over an int8 (weights) or
 int32 (biases) initializer: the structure ``onnxruntime.quantization.quantize_static`` writes
 with ``QuantFormat.QDQ``, per-channel weights and uint8 activations.
+
+Values-only weights (int4) are exported as float initializers. onnxruntime's
+``WeightBiasQuantization`` graph pass (basic level and above) re-quantizes a float weight whose
+layer has a ``DequantizeLinear`` input to int8 with its own scales, which changes the int4 values;
+run such models with ``disabled_optimizers=["WeightBiasQuantization"]`` to get their numerics.
 """
 
 from __future__ import annotations
