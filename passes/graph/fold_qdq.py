@@ -18,8 +18,10 @@ integer terms (``qdq_reps``); the rules (``qdq_rules``, ``qdq_rules_move``) rewr
 
 Everything else stays float with its QDQ around it. In a function that holds any QDQ, every
 operator left in float is appended to ``log`` as ``{"op", "where", "reason"}`` (the compile
-report and the artifact manifest show the list). Scales that are NaN, infinite, zero or
-negative raise :class:`~squeezer.errors.SqueezerError` naming the node.
+report and the artifact manifest show the list); data movement on tensors that were never
+quantized (a flatten before the first quantize) does no arithmetic and is not listed. Scales
+that are NaN, infinite, zero or negative raise :class:`~squeezer.errors.SqueezerError` naming
+the node.
 
 The pass runs before the first ``FoldConstant`` of the graph stage, which would fold the
 ``dequantize`` of each int8 weight into a float constant; constants the frontends reshape or
@@ -35,12 +37,19 @@ from tvm import relax
 from tvm.ir import Op
 from tvm.relax import PyExprMutator, expr_functor
 
+from squeezer.errors import SqueezerError
+
 from .qdq_reps import Weight
 from .qdq_rules import ACTIVATIONS, RULES, Fallback, Out, shape_of
 from .qdq_rules_move import MOVE_RULES
 
 _ALL_RULES = {**RULES, **MOVE_RULES}
+# Errors raised inside the pass cross TVM's FFI; registered, they keep their type.
+tvm_ffi.register_error(SqueezerError)
 _QDQ = ("relax.quantize", "relax.dequantize")
+_DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax.squeeze",
+                  "relax.flatten", "relax.strided_slice", "relax.concat", "relax.split",
+                  "relax.take"}
 
 
 def _has_qdq(func: relax.Function) -> bool:
@@ -129,6 +138,8 @@ class _FoldQDQ(PyExprMutator):
                 return  # constants only: FoldConstant computes it
             if any(isinstance(r, ACTIVATIONS) for r in reps):
                 reason = f"no integer form for {op}"
+            elif call.op.name in _DATA_MOVEMENT:
+                return  # no arithmetic: as fast on floats (e.g. a flatten before the quantize)
             else:
                 reason = "not quantized in the model (no dequantize before it)"
         else:

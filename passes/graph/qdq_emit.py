@@ -3,9 +3,10 @@
 Every piece is a plain elementwise Relax operator after the integer ``conv2d``/``matmul``, so
 ``FuseOps`` fuses the requantization into the product's epilogue:
 
-    acc = nn.conv2d(xq, wq, out_dtype="int32")      # or matmul(xq, wq[K, N])
-    t = astype(acc, "int64") * M                    # M: int64, per output channel or scalar
-    y = astype(clip((t + B) >> n, lo, hi), "uint8") # B: zero points, bias, zy, rounding
+    acc = nn.conv2d(xq, wq, out_dtype="int32")   # or matmul(xq, wq[K, N])
+    t = astype(acc, "int64") * M + B             # M, B: int64, per output channel or scalar
+    odd = (t >> n) & 1                           # ties to even
+    y = astype(clip((t + odd + R) >> n, lo, hi), "uint8")   # R = 2**(n-1) - 1 + (zy << n)
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ def emit_requant(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: 
         total = x if total is None else bb.emit(relax.op.add(total, x))
     assert total is not None
     total = bb.emit(relax.op.add(total, _channel_const(aff, r.offset, "int64")))
-    total = bb.emit(relax.op.right_shift(total, _channel_const(aff, r.shift, "int64")))
+    shift = _channel_const(aff, r.shift, "int64")
+    odd = bb.emit(relax.op.bitwise_and(bb.emit(relax.op.right_shift(total, shift)),
+                                       const(1, "int64")))
+    total = bb.emit(relax.op.add(total, odd))
+    total = bb.emit(relax.op.add(total, _channel_const(aff, r.rounding, "int64")))
+    total = bb.emit(relax.op.right_shift(total, shift))
     total = bb.emit(relax.op.clip(total, r.lo, r.hi))
     return relax.op.astype(total, dtype)
 

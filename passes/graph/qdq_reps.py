@@ -13,12 +13,14 @@ A float tensor in a QDQ graph is tracked as one of:
 - :class:`PerAxis`: an activation dequantized per channel (kept float; named in the report).
 - a numpy array: a constant computed from constants.
 
-Requantization (:func:`requant_constants`) is fixed point, TFLite/gemmlowp style but exact in
-int64: each real multiplier ``m = s_i / s_out`` becomes an integer mantissa ``M < 2**31`` and a
-right shift ``n`` shared by the terms of a channel, ``y = (sum_i M_i * x_i + B) >> n`` with the
-zero points, bias, output zero point and the rounding constant ``2**(n-1)`` folded into ``B``:
-round to nearest, ties toward +infinity (float quantize rounds ties to even; the two differ
-only on exact ties).
+Requantization (:func:`requant_constants`) is fixed point, TFLite/gemmlowp style but in int64:
+each real multiplier ``m = s_i / s_out`` becomes an integer mantissa ``M < 2**31`` and a right
+shift ``n`` shared by the terms of a channel. With ``t = sum_i M_i * x_i + B`` (``B``: input zero
+points and bias), ``y = zy + round(t / 2**n)`` rounds to nearest with ties to even, as float
+``quantize`` (TVM, onnxruntime, torch) does: ``(t + 2**(n-1) - 1 + ((t >> n) & 1)) >> n``.
+Ties are common where the multiplier is a power of two (average pooling over 4 values with
+equal scales, requantization to the same scale); rounding them up instead would move up to
+half of those outputs by one step.
 """
 
 from __future__ import annotations
@@ -134,13 +136,23 @@ class PerAxis:
 
 @dataclass(frozen=True)
 class Requant:
-    """Constants of ``y = clip((sum_i M_i * x_i + B) >> n, lo, hi)``, shaped for broadcasting."""
+    """Constants of ``t = sum_i M_i * x_i + offset``,
+    ``y = clip((t + ((t >> shift) & 1) + rounding) >> shift, lo, hi)`` (one value per channel).
+    """
 
     multipliers: list[np.ndarray] = field(default_factory=list)  # int64 per term
-    offset: np.ndarray = field(default_factory=lambda: np.zeros((), np.int64))
-    shift: np.ndarray = field(default_factory=lambda: np.zeros((), np.int64))
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    rounding: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     lo: int = 0
     hi: int = 0
+
+    def apply(self, xs: list[np.ndarray]) -> np.ndarray:
+        """The same arithmetic in numpy (channels on the last axis): the tests' reference."""
+        t = sum(np.asarray(x, np.int64) * m for x, m in zip(xs, self.multipliers, strict=True))
+        t = t + self.offset
+        y = (t + ((t >> self.shift) & 1) + self.rounding) >> self.shift
+        return np.clip(y, self.lo, self.hi)
 
 
 def requant_constants(aff: Affine, scale: float, zero_point: int, dtype: str) -> Requant:
@@ -163,17 +175,17 @@ def requant_constants(aff: Affine, scale: float, zero_point: int, dtype: str) ->
     if (shift < 1).any():
         raise ValueError(f"requantization multiplier {biggest.max():.3g} out of range")
     mults = [np.round(m * np.exp2(shift)).astype(np.int64) for m in ms]
-    offset = np.round(bias * np.exp2(shift)).astype(np.int64) + (np.int64(zero_point) << shift)
-    offset += np.int64(1) << (shift - 1)
+    offset = np.round(bias * np.exp2(shift)).astype(np.int64)
     for m, z in zip(mults, zs, strict=True):
         offset -= m * z
+    rounding = (np.int64(1) << (shift - 1)) - 1 + (np.int64(zero_point) << shift)
     qmin, qmax = dtype_range(dtype)
     lo, hi = qmin, qmax
     if aff.lo > -math.inf:
         lo = max(qmin, min(qmax, zero_point + int(np.rint(aff.lo / scale))))
     if aff.hi < math.inf:
         hi = min(qmax, max(qmin, zero_point + int(np.rint(aff.hi / scale))))
-    return Requant(mults, offset, shift, lo, hi)
+    return Requant(mults, offset, rounding, shift, lo, hi)
 
 
 def channel_shape(values: np.ndarray, axis: int, ndim: int) -> np.ndarray:
