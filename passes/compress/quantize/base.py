@@ -168,6 +168,8 @@ class ActQuant(torch.nn.Module):
     ranges : {"learned", "frozen"}
     """
 
+    zero_point: torch.Tensor
+
     def __init__(
         self, observer: Observer, where: str, ranges: Literal["learned", "frozen"] = "frozen"
     ) -> None:

@@ -17,22 +17,22 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch.nn.utils import parametrize
 
-from squeezer.errors import InputError, RecipeError
+from squeezer.errors import RecipeError
 
 from ..base import CompressContext, Method, TensorwiseSettings, TrainSettings
 from ..prune.layers import candidates
 from .base import ActQuant, WeightQuant, check_finite
+from .calibrate import calibrate
 from .observers import make_observer
 from .qdq import LayerPlan, QuantizedLayer, conv_args, rewrite_node
 
-__all__ = ["ActivationSettings", "QuantMethod", "QuantSettings", "Site", "calibrate"]
+__all__ = ["ActivationSettings", "QuantMethod", "QuantSettings", "Site"]
 
 
 class QuantSettings(TensorwiseSettings, TrainSettings):
@@ -261,6 +261,7 @@ class QuantMethod(Method[S]):
             target = f"{site.prefix}.{attr}" if site.prefix else attr
             if kind == "input":
                 x = node.args[0]
+                assert isinstance(x, torch.fx.Node)
                 with graph.inserting_before(node):
                     site.act_nodes[kind] = graph.call_module(target, (x,))
                 node.replace_input_with(x, site.act_nodes[kind])
@@ -273,7 +274,8 @@ class QuantMethod(Method[S]):
         model.recompile()
 
     def _detach_weight(self, site: Site) -> torch.Tensor:
-        plist = site.owner.parametrizations[site.attr]  # type: ignore[index]
+        plists = cast(torch.nn.ModuleDict, site.owner.parametrizations)
+        plist = cast(parametrize.ParametrizationList, plists[site.attr])
         if plist[-1] is not site.weight_quant:
             raise RecipeError(
                 f"{self.name}: {site.tensor!r} has a parametrization added after quantization; "
@@ -287,7 +289,8 @@ class QuantMethod(Method[S]):
 
     def _bias(self, model: torch.nn.Module, site: Site) -> torch.Tensor | None:
         if site.node is None:
-            return site.owner.bias.detach() if site.owner.bias is not None else None
+            bias = cast(torch.Tensor | None, site.owner.bias)
+            return bias.detach() if bias is not None else None
         b = site.node.args[2] if len(site.node.args) > 2 else None
         return model.get_parameter(str(b.target)).detach() if isinstance(b, torch.fx.Node) else None
 
@@ -307,6 +310,7 @@ class QuantMethod(Method[S]):
         x = site.node.args[0]
         for kind, act_node in site.act_nodes.items():
             source = act_node.args[0]
+            assert isinstance(source, torch.fx.Node)
             act_node.replace_all_uses_with(source)
             model.graph.erase_node(act_node)
             delattr(site.owner, f"{site.attr}_{kind}_quant")
@@ -322,11 +326,11 @@ class QuantMethod(Method[S]):
 
 
 def _quant_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (module.input_quant(args[0]), *args[1:])
+    return (cast(ActQuant, module.input_quant)(args[0]), *args[1:])
 
 
 def _quant_output(module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> Any:
-    return module.output_quant(out)
+    return cast(ActQuant, module.output_quant)(out)
 
 
 @dataclass
@@ -356,57 +360,3 @@ def _sites(model: torch.nn.Module) -> dict[str, _Found]:
                 site.node = nodes[0]
         found[name] = _Found(site, problem)
     return found
-
-
-def calibrate(
-    model: torch.nn.Module,
-    acts: list[ActQuant],
-    data: np.ndarray | torch.Tensor,
-    limit: int,
-    batch_size: int,
-) -> int:
-    """Run ``model`` on up to ``limit`` samples of ``data`` so ``acts`` calibrate; freeze them.
-
-    Returns the number of samples used. Raises ``InputError`` for empty data, NaN/inf in the
-    data or in an activation, or a batch the model rejects (naming the layer reached last and
-    the batch shape).
-    """
-    x = torch.as_tensor(data, dtype=torch.float32)
-    if x.ndim == 0 or len(x) == 0:
-        raise InputError(f"calibration data is empty (shape {tuple(x.shape)})")
-    check_finite(x, "calibration data")
-    n = min(len(x), limit)
-    reached: list[str] = []
-    handles = [a.register_forward_pre_hook(lambda m, _: reached.append(m.where)) for a in acts]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for p in range(max(a.observer.passes for a in acts)):
-                for a in acts:
-                    a.observer.pass_index = p
-                    a.mode = "observe" if p < a.observer.passes else "off"
-                for i in range(0, n, batch_size):
-                    batch = x[i : i + batch_size]
-                    reached.clear()
-                    try:
-                        model(batch)
-                    except InputError:
-                        raise
-                    except Exception as err:  # a wrong shape fails in any layer, any type
-                        where = (
-                            f"at or after the {reached[-1]}" if reached
-                            else "before any quantized layer"
-                        )
-                        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-                        raise InputError(
-                            f"calibration batch of shape {tuple(batch.shape)} failed {where}: {msg}"
-                        ) from err
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    for a in acts:
-        a.freeze()
-    return n
-

@@ -50,6 +50,8 @@ class Observer(torch.nn.Module):
     """
 
     passes: ClassVar[int] = 1
+    lo: torch.Tensor
+    hi: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,6 +87,7 @@ class MinMaxObserver(Observer):
 
 class _HistogramObserver(Observer):
     passes: ClassVar[int] = 2
+    hist: torch.Tensor
 
     def __init__(self, bins: int = BINS) -> None:
         super().__init__()

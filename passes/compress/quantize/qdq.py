@@ -112,6 +112,13 @@ class QuantizedLayer(torch.nn.Module):
     plan : LayerPlan
     """
 
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    bias: torch.Tensor | None
+    bias_scale: torch.Tensor
+    bias_zero_point: torch.Tensor
+
     def __init__(self, plan: LayerPlan) -> None:
         super().__init__()
         self.kind = plan.kind
