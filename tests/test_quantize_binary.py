@@ -25,6 +25,7 @@ from squeezer.passes.compress.quantize.horq import residual_binarize
 from squeezer.passes.compress.quantize.lowbit_act import BinaryInput, geometry
 from squeezer.passes.compress.quantize.lowbit_base import sign_ste
 from squeezer.passes.compress.quantize.lowbit_method import LowbitMethod
+from squeezer.passes.graph import weight_formats
 from squeezer.recipe import load_recipe
 
 FAST = settings(max_examples=25, deadline=None)
@@ -284,12 +285,12 @@ def where_nodes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
     return found
 
 
-ACCURACY = {  # method settings, epochs, accuracy floor (measured: see the comment per entry)
-    "bwn": ({"method": "bwn"}, 6, 0.93),  # 0.96
-    "xnor": ({"method": "xnor"}, 3, 0.93),  # 0.98
-    "bnn": ({"method": "bnn"}, 3, 0.90),  # 0.98
-    "horq2": ({"method": "horq", "order": 2}, 3, 0.93),  # 0.99
-    "horq3": ({"method": "horq", "order": 3}, 3, 0.93),  # 0.99
+ACCURACY = {  # method settings, epochs, floor; measured on the fp32 model's 0.973 in comments
+    "bwn": ({"method": "bwn"}, 4, 0.93),  # 0.976
+    "xnor": ({"method": "xnor"}, 3, 0.93),  # 0.982
+    "bnn": ({"method": "bnn"}, 3, 0.90),  # 0.980
+    "horq2": ({"method": "horq", "order": 2}, 3, 0.93),  # 0.989
+    "horq3": ({"method": "horq", "order": 3}, 2, 0.93),  # 0.993
 }
 
 
@@ -323,10 +324,20 @@ def test_accuracy_after_quantization_aware_training(
     assert len(where_nodes(program)) == order * binary_layers
     targets = {str(n.target) for n in program.graph.nodes}
     assert not any("autograd" in t or "Function" in t for t in targets)
+    # The compiler recognizes the weights from their values alone, in the stored size reported.
+    planes = order if key.startswith("horq") else 1
     for name, p in model.named_parameters():
         if name in {"3.weight", "7.weight"}:
-            per_filter = max(row.unique().numel() for row in p.reshape(len(p), -1))
-            assert per_filter <= 2 ** max(order if key.startswith("horq") else 1, 1)
+            w = p.detach().numpy()
+            per_filter = max(len(np.unique(row)) for row in w.reshape(len(w), -1))
+            assert per_filter <= 2**planes
+            found = weight_formats.detect(w)
+            assert found is not None and found.kind == ("residual" if planes > 1 else "binary")
+            # Exact for binary; residual fits may be off by float rounding (within RTOL).
+            tol = 0 if planes == 1 else weight_formats.RTOL * float(np.abs(w).max())
+            np.testing.assert_allclose(found.reconstruct(), w, rtol=0, atol=tol)
+            rows, cols = len(w), w[0].size
+            assert found.nbytes == rows * planes * (-(-cols // 64) * 8 + 4)
 
 
 def test_exported_graph_input(tmp_path: Path, trained: torch.nn.Module) -> None:

@@ -21,6 +21,7 @@ from squeezer.errors import RecipeError
 from squeezer.passes.compress import CompressContext, get_method
 from squeezer.passes.compress.quantize.inq import PowerOfTwoWeight, exponent_range, pow2
 from squeezer.passes.compress.quantize.lowbit_method import LowbitMethod
+from squeezer.passes.graph import weight_formats
 from squeezer.recipe import load_recipe
 
 FAST = settings(max_examples=25, deadline=None)
@@ -113,7 +114,7 @@ def nearest_level(w: np.ndarray, n1: int, n2: int) -> np.ndarray:
 
 
 @FAST
-@given(seed=st.integers(0, 2**16), bits=st.integers(2, 8), scale=st.floats(1e-4, 100))
+@given(seed=st.integers(0, 2**16), bits=st.integers(2, 5), scale=st.floats(1e-4, 100))
 def test_inq_rounds_to_powers_of_two_in_the_bit_range(seed: int, bits: int, scale: float) -> None:
     w = torch.randn(7, 13, generator=torch.Generator().manual_seed(seed)) * scale
     s = float(w.abs().max())
@@ -200,18 +201,33 @@ def test_state_survives_state_dict_save_and_load(tmp_path: Path, digits: data.Di
         torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
 
 
-def test_stored_bytes_by_hand(digits: data.Digits) -> None:
-    model = random_model(0, 3, 1.0)  # conv 3x1x3x3, linear 10x108
+def test_stored_bytes_are_the_compilers_formats(digits: data.Digits) -> None:
+    model = random_model(0, 3, 1.0)  # conv 3x1x3x3, linear 10x108: 1 and 2 words per row
     twn, _ = prepare(copy.deepcopy(model), digits, "twn")
-    assert twn.stored_bytes(model) == {"0.weight": 3 * 3 + 4, "2.weight": 10 * 27 + 4}
-    inq, _ = prepare(copy.deepcopy(model), digits, "inq", tensors={"0.weight": {"bits": 3}})
-    assert inq.stored_bytes(model) == {"0.weight": 3 * 4 + 1, "2.weight": 10 * 68 + 1}
+    assert twn.stored_bytes(model) == {"0.weight": 3 * (2 * 8 + 8), "2.weight": 10 * (32 + 8)}
+    inq, _ = prepare(copy.deepcopy(model), digits, "inq")
+    assert inq.stored_bytes(model) == {"0.weight": 3 * 5 * 8, "2.weight": 10 * 5 * 16}
+    for method, fields, kind in [("twn", {}, "ternary"), ("inq", {}, "pow2"),
+                                 ("inq", {"bits": 2}, "ternary"), ("inq", {"bits": 3}, "residual"),
+                                 ("inq", {"bits": 4}, "pow2")]:
+        squashed = copy.deepcopy(model)
+        q, _ = prepare(squashed, digits, method, **fields)
+        q.squash(squashed)
+        for name, layer in q.layers.items():
+            w = layer.weight.detach().numpy()
+            found = weight_formats.detect(w)
+            assert found is not None, (method, fields, name)
+            np.testing.assert_array_equal(found.reconstruct(), w)
+        # The 9-weight rows of the conv may fit a smaller format; the linear's rows do not.
+        found = weight_formats.detect(squashed[2].weight.detach().numpy())
+        assert found is not None and found.kind == kind
+        assert q.stored_bytes(squashed)["2.weight"] == found.nbytes
 
 
 def test_bad_settings_and_weights(digits: data.Digits) -> None:
     for fields, words in [
-        ({"method": "inq", "bits": 9}, ["bits: INQ supports 2 to 8 bits", "got 9"]),
-        ({"method": "inq", "bits": 1}, ["bits: INQ supports 2 to 8 bits", "got 1"]),
+        ({"method": "inq", "bits": 6}, ["bits: INQ supports 2 to 5 bits", "got 6"]),
+        ({"method": "inq", "bits": 1}, ["bits: INQ supports 2 to 5 bits", "got 1"]),
         ({"method": "inq", "tensors": {"0.weight": {"bits": 16}}}, ["tensors['0.weight'].bits"]),
         ({"method": "inq", "portions": [0.5, 0.9]}, ["portions: must end with 1.0"]),
         ({"method": "inq", "portions": [0.5, 0.5, 1.0]}, ["portions: must increase strictly"]),
@@ -232,10 +248,10 @@ def test_bad_settings_and_weights(digits: data.Digits) -> None:
                      train_data=digits, eval_data=digits)  # fmt: skip
 
 
-ACCURACY = {  # method settings, epochs, floor (measured in the comment)
-    "twn": ({"method": "twn"}, 4, 0.95),  # 0.98
-    "inq5": ({"method": "inq", "bits": 5}, 6, 0.95),  # 0.98
-    "inq3": ({"method": "inq", "bits": 3}, 6, 0.93),
+ACCURACY = {  # method settings, epochs, floor; measured on the fp32 model's 0.982 in comments
+    "twn": ({"method": "twn"}, 4, 0.95),  # 0.987
+    "inq5": ({"method": "inq", "bits": 5}, 6, 0.95),  # 0.982
+    "inq3": ({"method": "inq", "bits": 3}, 6, 0.93),  # 0.971
 }
 
 

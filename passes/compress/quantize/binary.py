@@ -80,8 +80,8 @@ class BinaryWeightNetworks(LowbitMethod[BwnSettings]):
     def weight_quantizer(self, name: str, layer: Layer, settings: BwnSettings) -> BinaryWeight:
         return BinaryWeight(scaled=True)
 
-    def weight_bits(self, name: str) -> tuple[int, int]:
-        return 1, 4
+    def stored_planes(self, name: str) -> tuple[int, int]:
+        return 1, 1
 
 
 class XnorSettings(BinaryInputSettings):
@@ -108,8 +108,8 @@ class XnorNet(LowbitMethod[XnorSettings]):
     def input_spec(self, name: str, layer: Layer, settings: XnorSettings) -> tuple[int, bool]:
         return 1, True
 
-    def weight_bits(self, name: str) -> tuple[int, int]:
-        return 1, 4
+    def stored_planes(self, name: str) -> tuple[int, int]:
+        return 1, 1
 
 
 class BnnSettings(BinaryInputSettings):
@@ -144,8 +144,8 @@ class BinarizedNeuralNetworks(LowbitMethod[BnnSettings]):
     def input_spec(self, name: str, layer: Layer, settings: BnnSettings) -> tuple[int, bool]:
         return 1, False
 
-    def weight_bits(self, name: str) -> tuple[int, int]:
-        return 1, 0
+    def stored_planes(self, name: str) -> tuple[int, int]:
+        return 1, 1  # the compiler keeps a (unit) scale per row
 
     def prepare(self, model: torch.nn.Module, ctx: CompressContext) -> torch.nn.Module:
         model = super().prepare(model, ctx)

@@ -104,6 +104,6 @@ class Horq(LowbitMethod[HorqSettings]):
     def input_spec(self, name: str, layer: Layer, settings: HorqSettings) -> tuple[int, bool]:
         return settings.order, True
 
-    def weight_bits(self, name: str) -> tuple[int, int]:
+    def stored_planes(self, name: str) -> tuple[int, int]:
         k = self._weight_order(self.settings.for_tensor(name))
-        return k, 4 * k
+        return k, k

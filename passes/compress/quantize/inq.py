@@ -32,13 +32,13 @@ from .lowbit_method import LowbitMethod, LowbitSettings
 
 __all__ = ["IncrementalQuantization", "InqSettings", "PowerOfTwoWeight", "exponent_range", "pow2"]
 
-BITS = range(2, 9)
+BITS = range(2, 6)
 
 
 def exponent_range(max_abs: float, bits: int) -> tuple[int, int]:
     """``(n1, n2)``: the largest and smallest exponent of ``bits``-bit INQ for ``max|W|``."""
     if bits not in BITS:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
+        raise ValueError(f"bits must be in 2..5, got {bits}")
     n1 = math.floor(math.log2(4 * max_abs / 3)) if max_abs > 0 else 0
     return n1, n1 + 1 - 2 ** (bits - 1) // 2
 
@@ -108,8 +108,9 @@ class InqSettings(LowbitSettings):
     Attributes
     ----------
     bits : int
-        2 to 8 (5 in the paper; 2 is ternary): zero and ``2^(bits-1)`` signed powers of two.
-        Per tensor with ``tensors: {fqn: {bits: ...}}``.
+        2 to 5, the paper's range (5 in its main results; 2 is ternary): zero and ``2^(bits-1)``
+        signed powers of two; the compiler's 5-bit code holds up to 15 exponents. Per tensor
+        with ``tensors: {fqn: {bits: ...}}``.
     portions : list of float
         Accumulated fractions of each layer quantized by the successive rounds: increasing,
         in (0, 1], ending at 1.
@@ -127,7 +128,7 @@ class InqSettings(LowbitSettings):
     def _bits(cls, value: int) -> int:
         if value not in BITS:
             raise ValueError(
-                f"INQ supports 2 to 8 bits (zero and 2^(bits-1) signed powers of two), got {value}"
+                f"INQ supports 2 to 5 bits (zero and 2^(bits-1) signed powers of two), got {value}"
             )
         return value
 
@@ -157,12 +158,11 @@ class IncrementalQuantization(LowbitMethod[InqSettings]):
     ) -> PowerOfTwoWeight:
         return PowerOfTwoWeight(layer.weight, settings.bits)
 
-    def weight_bits(self, name: str) -> tuple[int, int]:
-        return self.settings.for_tensor(name).bits, 0
-
-    def stored_bytes(self, model: torch.nn.Module) -> dict[str, int]:
-        """``bits`` per weight packed per output row, and one byte for ``n1`` per layer."""
-        return {name: size + 1 for name, size in super().stored_bytes(model).items()}
+    def stored_planes(self, name: str) -> tuple[int, int]:
+        # The compiler's format for the values: {0, +-2^n1} is ternary; {0, +-b, +-2b} the
+        # residual b + b/2 s_2 + b/2 s_3 (3 planes); more exponents its 5-bit code.
+        bits = self.settings.for_tensor(name).bits
+        return {2: (2, 2), 3: (3, 3)}.get(bits, (5, 0))
 
     def frozen_fraction(self) -> dict[str, float]:
         """The fraction of each layer's weights quantized and frozen so far."""

@@ -70,7 +70,7 @@ S = TypeVar("S", bound=LowbitSettings)
 class LowbitMethod(Method[S]):
     """Base of the low-bit methods: layer choice, quantizers over the lifecycle, stored sizes.
 
-    Subclasses set ``Settings`` and define ``weight_quantizer`` and ``weight_bits``; those
+    Subclasses set ``Settings`` and define ``weight_quantizer`` and ``stored_planes``; those
     binarizing inputs define ``input_spec``. Attributes set by ``prepare``: ``layers``
     (tensor name to ``Layer``), ``quantizers`` (tensor name to its parametrization) and
     ``binarizers`` (tensor name to its ``BinaryInput``, for layers with binary inputs).
@@ -102,9 +102,9 @@ class LowbitMethod(Method[S]):
         spec = self.input_spec(layer.tensor, layer, cast(S, self.settings.for_tensor(layer.tensor)))
         return None if spec is None else act.unsupported(model, layer, spec[1])
 
-    def weight_bits(self, name: str) -> tuple[int, int]:
-        """``(bits per weight, scale bytes per output filter)`` of the stored format."""
-        raise NotImplementedError(f"{type(self).__name__} must define weight_bits()")
+    def stored_planes(self, name: str) -> tuple[int, int]:
+        """``(bit planes, float32 scales per output row)`` the compiler stores ``name`` with."""
+        raise NotImplementedError(f"{type(self).__name__} must define stored_planes()")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -141,13 +141,17 @@ class LowbitMethod(Method[S]):
         return model
 
     def stored_bytes(self, model: torch.nn.Module) -> dict[str, int]:
-        """Weight bits packed per output row (whole bytes) plus the scales of every filter."""
+        """Bytes of each weight in the compiler's format for it (``passes/graph/weight_formats``):
+        every bit plane of an output row in whole 64-bit words, plus float32 scales per row.
+
+        The compiler may store a layer whose rows are short in a smaller equivalent format.
+        """
         out = {}
         for name, layer in self.layers.items():
             w = layer.weight
-            bits, scale_bytes = self.weight_bits(name)
+            planes, scales = self.stored_planes(name)
             rows, cols = w.shape[0], w[0].numel()
-            out[name] = rows * (math.ceil(cols * bits / 8) + scale_bytes)
+            out[name] = rows * (planes * math.ceil(cols / 64) * 8 + scales * 4)
         return out
 
     # -- internals -----------------------------------------------------------------------------

@@ -79,9 +79,5 @@ class TernaryWeightNetworks(LowbitMethod[TernarySettings]):
     def weight_quantizer(self, name: str, layer: Layer, settings: TernarySettings) -> TernaryWeight:
         return TernaryWeight(settings.threshold)
 
-    def weight_bits(self, name: str) -> tuple[int, int]:
-        return 2, 0
-
-    def stored_bytes(self, model: torch.nn.Module) -> dict[str, int]:
-        """Two bit planes per weight (packed per output row) and one 4-byte scale per layer."""
-        return {name: size + 4 for name, size in super().stored_bytes(model).items()}
+    def stored_planes(self, name: str) -> tuple[int, int]:
+        return 2, 2  # bipolar planes w >= 0 and w > 0, a / 2 for each
