@@ -150,10 +150,15 @@ class QuantMethod(Method[S]):
         self.ctx = ctx
         self.attach(model)
         if self.activations:
-            s = self.settings
-            n = calibrate(model, self._acts(), ctx.data.x_train,
-                          s.calibration_batches * s.batch_size, s.batch_size)  # type: ignore[attr-defined]
-            ctx.log(f"calibrated {len(self._acts())} activations on {n} training images")
+            s = cast(ActivationSettings, self.settings)
+            acts = self._acts()
+            limit = s.calibration_batches * s.batch_size
+            n = calibrate(model, acts, ctx.data.x_train, limit, s.batch_size)
+            kinds = sorted({type(a.observer).__name__.removesuffix("Observer") for a in acts})
+            ctx.log(
+                f"calibrated {len(acts)} activations ({', '.join(kinds).lower()}) "
+                f"on {n} training images"
+            )
         return model
 
     def attach(self, model: torch.nn.Module) -> None:
