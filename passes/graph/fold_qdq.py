@@ -171,7 +171,8 @@ def fold_qdq(log: list[dict] | None = None) -> tvm.transform.Pass:
         rewriter = _FoldQDQ(mod, entries)
         for gv, _ in funcs:
             rewriter.quantized = True
-            func = rewriter.visit_expr(mod[gv])
+            # Dead code first (e.g. the unused indices of a max pool): it is not reported.
+            func = rewriter.visit_expr(relax.analysis.remove_all_unused(mod[gv]))
             rewriter.builder_.update_func(gv, relax.analysis.remove_all_unused(func))
         return relax.transform.CanonicalizeBindings()(rewriter.builder_.finalize())
 

@@ -20,7 +20,8 @@ from .qdq_reps import Affine, QTensor, channel_shape, compact, requant_constants
 
 
 def const(values, dtype: str) -> relax.Expr:
-    return relax.const(np.ascontiguousarray(np.asarray(values).astype(dtype)), dtype)
+    # np.array, not np.ascontiguousarray: that one turns 0-d arrays into 1-d ones.
+    return relax.const(np.array(values, dtype=dtype, order="C"), dtype)
 
 
 def _channel_const(aff: Affine, values: np.ndarray, dtype: str) -> relax.Expr:
