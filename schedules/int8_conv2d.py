@@ -1,0 +1,237 @@
+"""int8 direct convolution (regular, pointwise and grouped), NCHW in and out, int32 result.
+
+``Y[n, o, oh, ow] = sum_{c, kh, kw} Xpad[n, g(o) * Cg + c, oh * sh + kh, ow * sw + kw] *
+W[o, c, kh, kw]`` with ``X`` uint8 or int8 padded with a given value (the zero point), ``W``
+int8 ``(O, C / groups, KH, KW)``.
+
+Like old TVM's ``conv2d_NCHWc_int8``, the reduction runs over groups of ``g`` input channels
+with one dot-product instruction (:mod:`squeezer.schedules.vnni`), but the vector lanes run
+along output pixels instead of output channels: the output is then written in NCHW as it is
+computed (no unpacking transpose), and the elementwise requantization fused after the kernel
+vectorizes along the image rows. The stages of the PrimFunc:
+
+- ``pack``: ``X`` into ``X4[n, group, c / g, phase_h, phase_w, pixel, c % g]``: the padded
+  phase planes of :mod:`~squeezer.schedules.int8_conv_geometry`, ``g`` channels interleaved
+  so one instruction reads ``lanes`` consecutive pixels x ``g`` channels as one vector;
+  signed input on VNNI is shifted to unsigned (``+128``);
+- ``compute``: ``ACC[n, o, q]`` over the extended width, weights ``Wk[o, c / g, kh, kw, c %
+  g]`` broadcast ``g`` bytes at a time (the ``"xvec"`` intrinsic);
+- ``unpack``: ``Y = ACC - comp`` on the real pixels, ``comp[o] = 128 * sum W[o]`` when the
+  input was shifted (else zeros). The fused epilogue is inlined into this write.
+
+The schedule keeps ``ot`` output channels x ``qt`` pixel vectors in registers over all
+channels and taps; each parallel task owns ``ot`` channels of one image (its accumulator,
+``ot`` rows of extended output, stays in L2 and is unpacked by the same task).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import s_tir, tirx
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from ._common import AnalyzedRule, num_cores, pick_vector_tile
+from .int8_common import inline_around, tile_divisors
+from .int8_conv_geometry import ConvGeometry
+from .spaces import register_space
+from .vnni import ISAS, DotIsa, _name
+
+KERNEL = "int8_conv2d"
+
+
+def pack_conv_weight(w: np.ndarray, isa: DotIsa, x_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """``W[O, Cg, KH, KW]`` (int8) as ``Wk[O, ceil(Cg / g), KH, KW, g]`` and ``comp[O]``."""
+    if w.ndim != 4 or w.dtype != np.int8:
+        raise ValueError(f"int8 conv2d weight must be a 4-D int8 OIHW array, got {w.dtype} "
+                         f"{w.shape}")
+    o, cg, kh, kw = w.shape
+    g = isa.group
+    c4 = -(-cg // g)
+    full = np.zeros((o, c4 * g, kh, kw), np.int8)
+    full[:, :cg] = w
+    packed = full.reshape(o, c4, g, kh, kw).transpose(0, 1, 3, 4, 2)
+    shift = isa.shift and x_dtype == "int8"
+    comp = 128 * w.astype(np.int32).sum(axis=(1, 2, 3)) if shift else np.zeros(o, np.int32)
+    return np.ascontiguousarray(packed), comp.astype(np.int32)
+
+
+def int8_conv2d_func(geo: ConvGeometry, x_dtype: str, pad_value: int,
+                     isa: DotIsa) -> tirx.PrimFunc:
+    """The kernel for ``geo`` (``geo.lanes`` must be ``isa.lanes``).
+
+    Parameters ``(X, Wk, comp, Y)``: ``X (N, C, H, W)`` of ``x_dtype``, ``Wk`` from
+    :func:`pack_conv_weight`, ``comp (O,)`` int32, ``Y (N, O, OH, OW)`` int32.
+    """
+    if geo.lanes != isa.lanes:
+        raise ValueError(f"geometry for {geo.lanes} lanes, ISA {isa.name} has {isa.lanes}")
+    act = isa.act_dtype(x_dtype)
+    lo, hi = (0, 255) if x_dtype == "uint8" else (-128, 127)
+    if not lo <= pad_value <= hi:
+        raise ValueError(f"pad value {pad_value} outside the {x_dtype} range")
+    shift = act != x_dtype
+    g = isa.group
+    n, c, h, w, o = geo.n, geo.c, geo.h, geo.w, geo.o
+    groups, cg, og = geo.groups, geo.c // geo.groups, geo.o // geo.groups
+    c4 = -(-cg // g)
+    kh, kw, sh, sw = geo.kh, geo.kw, geo.sh, geo.sw
+    wq, rows, qp = geo.wq, geo.rows, geo.qp
+    oh, ow = geo.oh, geo.ow
+    i64 = functools.partial(tirx.IntImm, "int64")
+    x_shape = tuple(i64(d) for d in (n, c, h, w))
+    y_shape = tuple(i64(d) for d in (n, o, oh, ow))
+    pad_stored = pad_value + 128 if shift else pad_value
+
+    def load(X, vn, vg, vc, vph, vpw, vi, vj, vci):
+        r = vi * sh + vph - geo.pt
+        col = vj * sw + vpw - geo.pl
+        ch = vc * g + vci
+        inside = tirx.all(r >= 0, r < h, col >= 0, col < w)
+        v = X[vn, T.min(vg * cg + ch, c - 1), T.max(T.min(r, h - 1), 0),
+              T.max(T.min(col, w - 1), 0)]
+        v = T.Cast(act, T.Cast("int32", v) + 128) if shift else v
+        # channels past the group's count meet zero weights: any value; keep zeros
+        return T.if_then_else(ch < cg, T.if_then_else(inside, v, T.Cast(act, pad_stored)),
+                              T.Cast(act, 0))
+
+    @T.prim_func(s_tir=True)
+    def kernel(x_h: T.handle, w_h: T.handle, c_h: T.handle, y_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "squeezer.kernel": KERNEL, "op_pattern": 4})
+        X = T.match_buffer(x_h, x_shape, x_dtype)
+        Wk = T.match_buffer(w_h, (o, c4, kh, kw, g), "int8")
+        C = T.match_buffer(c_h, (i64(o),), "int32")
+        Y = T.match_buffer(y_h, y_shape, "int32")
+        X4 = T.sblock_alloc_buffer((n, groups, c4, geo.ph, geo.pw, rows * wq, g), act)
+        ACC = T.sblock_alloc_buffer((n, o, qp), "int32")
+        for nn, gg, cc, pph, ppw, ii, jj, ci in T.grid(n, groups, c4, geo.ph, geo.pw, rows,
+                                                        wq, g):
+            with T.sblock("pack"):
+                vn, vg, vc, vph, vpw, vi, vj, vci = T.axis.remap(
+                    "SSSSSSSS", [nn, gg, cc, pph, ppw, ii, jj, ci])
+                X4[vn, vg, vc, vph, vpw, vi * wq + vj, vci] = load(
+                    X, vn, vg, vc, vph, vpw, vi, vj, vci)
+        for nn, oo, qq, cc, rh, rw, ci in T.grid(n, o, qp, c4, kh, kw, g):
+            with T.sblock("compute"):
+                vn, vo, vq, vc, vrh, vrw, vci = T.axis.remap("SSSRRRR",
+                                                             [nn, oo, qq, cc, rh, rw, ci])
+                T.sblock_attr({"squeezer.kernel": KERNEL, "squeezer.isa": isa.name})
+                with T.init():
+                    ACC[vn, vo, vq] = 0
+                ACC[vn, vo, vq] = ACC[vn, vo, vq] + T.Cast(
+                    "int32", X4[vn, vo // og, vc, vrh % sh, vrw % sw,
+                                vq + vrh // sh * wq + vrw // sw, vci]) * T.Cast(
+                    "int32", Wk[vo, vc, vrh, vrw, vci])
+        for nn, oo, hh, ww in T.grid(n, o, oh, ow):
+            with T.sblock("unpack"):
+                vn, vo, vh, vw = T.axis.remap("SSSS", [nn, oo, hh, ww])
+                # the whole extended row block: its flat index is no single loop's range,
+                # which compute-at's region analysis needs
+                T.reads(ACC[vn, vo, 0:qp], C[vo])
+                T.writes(Y[vn, vo, vh, vw])
+                Y[vn, vo, vh, vw] = ACC[vn, vo, vh * wq + vw] - C[vo]
+
+    return kernel.without_attr("global_symbol")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """``ot`` output channels x ``qt`` pixel vectors per register tile."""
+
+    ot: int
+    qt: int
+
+
+def _isa(sch: s_tir.Schedule) -> DotIsa:
+    stmt = sch.get(sch.get_sblock("compute"))
+    return next(i for i in ISAS if i.name == str(stmt.annotations["squeezer.isa"]))
+
+
+def _extents(sch: s_tir.Schedule) -> list[int]:
+    return [int(sch.get(lp).extent) for lp in sch.get_loops(sch.get_sblock("compute"))]
+
+
+def default_knobs(sch: s_tir.Schedule, target: Target) -> Knobs:
+    isa = _isa(sch)
+    n, o, qp, *_ = _extents(sch)
+    qvec = qp // isa.lanes
+    regs = 24 if isa.lanes == 16 else 12
+    qt = max(d for d in tile_divisors(qvec) if d <= 4)
+    ot = max(d for d in tile_divisors(o) if d * qt <= regs)
+    # enough tasks for every core (each task: ot channels of one image)
+    while ot > 1 and n * (o // ot) < 4 * num_cores(target):
+        ot = max(d for d in tile_divisors(o) if d < ot)
+    return Knobs(ot, qt)
+
+
+def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) -> None:
+    """Tile, tensorize and parallelize in place; ``knobs=None`` samples the tile (tuning)."""
+    isa = _isa(sch)
+    inline_around(sch, "pack", "unpack", target)
+    compute, unpack = sch.get_sblock("compute"), sch.get_sblock("unpack")
+    act = str(sch.get(compute).reads[0].source.dtype)
+    # The task loop is built on the unpack's loops and the product computed inside it: the
+    # unpack reads a flat range of the accumulator that reverse-compute-at cannot solve.
+    un, uo, *_ = sch.get_loops(unpack)
+    of = sch.sample_perfect_tile(uo, n=2, max_innermost_factor=8) if knobs is None \
+        else [None, knobs.ot]
+    uo_out, _ = sch.split(uo, of)
+    task = sch.fuse(un, uo_out)
+    if num_cores(target) > 1:
+        sch.parallel(task)
+    sch.compute_at(compute, task, preserve_unit_loops=True)
+    oo, qq, cc, rh, rw, ci = sch.get_loops(compute)[-6:]
+    qv, ql = sch.split(qq, [None, isa.lanes])
+    qf = sch.sample_perfect_tile(qv, n=2, max_innermost_factor=6) if knobs is None \
+        else [None, knobs.qt]
+    q_out, q_in = sch.split(qv, qf)
+    sch.reorder(q_out, cc, rh, rw, oo, q_in, ql, ci)
+    init = sch.decompose_reduction(compute, cc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(oo)
+    sch.unroll(q_in)
+    sch.unroll(rw)
+    sch.tensorize(ql, _name(isa, act, "xvec"))
+    _vectorize_row(sch, unpack, isa.lanes)
+    _schedule_pack(sch, sch.get_sblock("pack"), target)
+
+
+def _vectorize_row(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Vectorize the write along output columns (a divisor of the row, or the whole row)."""
+    loop = sch.get_loops(block)[-1]
+    extent = int(sch.get(loop).extent)
+    tile = pick_vector_tile(extent, lanes)
+    if tile > 1:
+        sch.vectorize(loop if tile == extent else sch.split(loop, [None, tile])[1])
+
+
+def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
+    """Parallel over (image, group, channel group); the pixel loop is left serial with the
+    channels unrolled inside it, which LLVM's loop vectorizer turns into interleaving shuffles."""
+    nn, gg, cc, *_, ci = sch.get_loops(pack)
+    outer = sch.fuse(nn, gg, cc)
+    if num_cores(target) > 1:
+        sch.parallel(outer)
+    sch.unroll(ci)
+
+
+class Int8Conv2d(AnalyzedRule):
+    """Default schedule of the ``int8_conv2d`` kernel (recognized by its block annotation)."""
+
+    def analyze(self, sch: s_tir.Schedule):
+        try:
+            block = sch.get(sch.get_sblock("compute"))
+        except Exception:  # noqa: BLE001 - no such block: another kernel
+            return None
+        return True if block.annotations.get("squeezer.kernel") == KERNEL else None
+
+    def schedule(self, sch: s_tir.Schedule, found, target: Target) -> None:
+        schedule(sch, target, default_knobs(sch, target))
+
+
+@register_space(KERNEL)
+def int8_conv2d_space(sch: s_tir.Schedule) -> None:
+    """Tuning space: output channels and pixel vectors per register tile (perfect tilings)."""
+    schedule(sch, Target.current())
