@@ -11,12 +11,18 @@ from .bitserial import Bitserial
 from .conv2d import Conv2dNCHW
 from .elementwise import ParallelVectorize, SerialTiny
 from .int4_matmul import Int4Matmul
+from .int8_conv2d import Int8Conv2d
+from .int8_depthwise import Int8Depthwise
+from .int8_matmul import Int8Matmul
 from .matmul import Matmul
 from .sparse_matmul import SparseMatmul
 
 __all__ = [
     "Bitserial",
     "Conv2dNCHW",
+    "Int8Conv2d",
+    "Int8Depthwise",
+    "Int8Matmul",
     "Int4Matmul",
     "Matmul",
     "ParallelVectorize",
@@ -30,6 +36,9 @@ __all__ = [
 def default_rules() -> list[ScheduleRule]:
     """The ordered CPU rule list; the last one applies to every PrimFunc."""
     return [
+        Int8Matmul(),
+        Int8Conv2d(),
+        Int8Depthwise(),
         Bitserial(),
         SparseMatmul(),
         Int4Matmul(),
