@@ -34,8 +34,8 @@ from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ._common import AnalyzedRule, num_cores, pick_vector_tile
-from .int8_common import inline_around, tile_divisors
+from ._common import num_cores, pick_vector_tile
+from .int8_common import KernelRule, inline_epilogue, inline_producers, tile_divisors
 from .int8_conv_geometry import ConvGeometry
 from .spaces import register_space
 from .vnni import ISAS, DotIsa, _name
@@ -169,7 +169,7 @@ def default_knobs(sch: s_tir.Schedule, target: Target) -> Knobs:
 def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) -> None:
     """Tile, tensorize and parallelize in place; ``knobs=None`` samples the tile (tuning)."""
     isa = _isa(sch)
-    inline_around(sch, "pack", "unpack", target)
+    inline_producers(sch, "pack", target)
     compute, unpack = sch.get_sblock("compute"), sch.get_sblock("unpack")
     act = str(sch.get(compute).reads[0].source.dtype)
     # The task loop is built on the unpack's loops and the product computed inside it: the
@@ -194,6 +194,7 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     sch.unroll(q_in)
     sch.unroll(rw)
     sch.tensorize(ql, _name(isa, act, "xvec"))
+    inline_epilogue(sch, "unpack")  # after compute-at: it rewrites the unpack's reads
     _vectorize_row(sch, unpack, isa.lanes)
     _schedule_pack(sch, sch.get_sblock("pack"), target)
 
@@ -217,15 +218,10 @@ def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
     sch.unroll(ci)
 
 
-class Int8Conv2d(AnalyzedRule):
+class Int8Conv2d(KernelRule):
     """Default schedule of the ``int8_conv2d`` kernel (recognized by its block annotation)."""
 
-    def analyze(self, sch: s_tir.Schedule):
-        try:
-            block = sch.get(sch.get_sblock("compute"))
-        except Exception:  # noqa: BLE001 - no such block: another kernel
-            return None
-        return True if block.annotations.get("squeezer.kernel") == KERNEL else None
+    kernel = KERNEL
 
     def schedule(self, sch: s_tir.Schedule, found, target: Target) -> None:
         schedule(sch, target, default_knobs(sch, target))

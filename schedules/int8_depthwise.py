@@ -20,8 +20,8 @@ from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ._common import AnalyzedRule, num_cores, vector_lanes
-from .int8_common import inline_around, tile_divisors
+from ._common import num_cores, vector_lanes
+from .int8_common import KernelRule, inline_epilogue, inline_producers, tile_divisors
 from .int8_conv2d import _vectorize_row
 from .int8_conv_geometry import ConvGeometry
 from .spaces import register_space
@@ -91,7 +91,7 @@ def int8_depthwise_func(geo: ConvGeometry, x_dtype: str, pad_value: int) -> tirx
 def schedule(sch: s_tir.Schedule, target: Target, qt=None) -> None:
     """One task per (image, channel), ``qt`` vectors of pixels in registers over the taps.
     ``qt=None`` samples it (tuning space)."""
-    inline_around(sch, "pack", "unpack", target)
+    inline_producers(sch, "pack", target)
     compute, unpack, pack = (sch.get_sblock(b) for b in ("compute", "unpack", "pack"))
     un, uo, *_ = sch.get_loops(unpack)
     task = sch.fuse(un, uo)
@@ -119,6 +119,7 @@ def schedule(sch: s_tir.Schedule, target: Target, qt=None) -> None:
     sch.vectorize(ql)
     init = sch.decompose_reduction(compute, rh)
     sch.vectorize(sch.get_loops(init)[-1])
+    inline_epilogue(sch, "unpack")  # after compute-at: it rewrites the unpack's reads
     _vectorize_row(sch, unpack, lanes)
     # the pack's row loop is left to LLVM's loop vectorizer (clamped loads, selects)
 
@@ -136,15 +137,10 @@ def default_qt(sch: s_tir.Schedule, target: Target) -> int:
     return max(d for d in tile_divisors(qp // _lanes(sch, target)) if d <= 4)
 
 
-class Int8Depthwise(AnalyzedRule):
+class Int8Depthwise(KernelRule):
     """Default schedule of the ``int8_depthwise`` kernel (recognized by its block annotation)."""
 
-    def analyze(self, sch: s_tir.Schedule):
-        try:
-            block = sch.get(sch.get_sblock("compute"))
-        except Exception:  # noqa: BLE001 - no such block: another kernel
-            return None
-        return True if block.annotations.get("squeezer.kernel") == KERNEL else None
+    kernel = KERNEL
 
     def schedule(self, sch: s_tir.Schedule, found, target: Target) -> None:
         schedule(sch, target, default_qt(sch, target))

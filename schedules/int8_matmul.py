@@ -34,8 +34,8 @@ from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ._common import AnalyzedRule, num_cores
-from .int8_common import inline_around, rows_padded, tile_divisors
+from ._common import num_cores
+from .int8_common import KernelRule, inline_epilogue, inline_producers, rows_padded, tile_divisors
 from .spaces import register_space
 from .vnni import ISAS, DotIsa, _name
 
@@ -185,7 +185,8 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     """Tile, tensorize and parallelize in place; ``knobs=None`` samples the tile sizes
     (the tuning space), otherwise they are fixed (the default schedule)."""
     _, _, _, isa = _sizes(sch)
-    inline_around(sch, "pack", "unpack", target)
+    inline_producers(sch, "pack", target)
+    inline_epilogue(sch, "unpack")
     compute = sch.get_sblock("compute")
     act = sch.get(compute).reads[0].source.dtype
     mm, nn, kk = sch.get_loops(compute)
@@ -228,15 +229,10 @@ def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
         sch.vectorize(sch.split(kk, [None, 16])[1])
 
 
-class Int8Matmul(AnalyzedRule):
+class Int8Matmul(KernelRule):
     """Default schedule of the ``int8_matmul`` kernel (recognized by its block annotation)."""
 
-    def analyze(self, sch: s_tir.Schedule):
-        try:
-            block = sch.get(sch.get_sblock("compute"))
-        except Exception:  # noqa: BLE001 - no such block: another kernel
-            return None
-        return True if block.annotations.get("squeezer.kernel") == KERNEL else None
+    kernel = KERNEL
 
     def schedule(self, sch: s_tir.Schedule, found, target: Target) -> None:
         schedule(sch, target, default_knobs(sch, target))
