@@ -272,6 +272,13 @@ def test_prepared_state_survives_state_dict_save_and_load(
         fresh.load_state_dict(torch.load(tmp_path / f"{method}.pt"))
         x = torch.from_numpy(digits.x_test[:32])
         torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
+    # Squashed, the whole model deep-copies and pickles with its binarized layers.
+    q, _ = prepare(model := bcnn(4), digits, "xnor")
+    q.squash(model)
+    torch.save(model, tmp_path / "whole.pt")
+    for other in (copy.deepcopy(model), torch.load(tmp_path / "whole.pt", weights_only=False)):
+        assert other[3].forward.layer is other[3]
+        torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
 
 
 def where_nodes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:

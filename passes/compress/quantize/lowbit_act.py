@@ -23,7 +23,6 @@ of the ``aten.conv2d``/``aten.linear`` node.
 
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass
 from typing import cast
 
@@ -138,9 +137,21 @@ class BinaryInput(torch.nn.Module):
         return out + (bias[:, None, None] if self.conv is not None else bias)
 
 
-def _binarized_forward(self: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
-    binarizer = cast(BinaryInput, self.input_binarizer)
-    return binarizer(input, cast(torch.Tensor, self.weight), cast(torch.Tensor | None, self.bias))
+class _BinarizedForward:
+    """The ``forward`` of a layer with binarized inputs: its ``input_binarizer`` on its weights.
+
+    An object rather than a bound method so that the model pickles (``torch.save``) as well as
+    deep-copies (the copy's layer is the copied one).
+    """
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.layer = layer
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        binarizer = cast(BinaryInput, layer.input_binarizer)
+        weight, bias = cast(torch.Tensor, layer.weight), cast(torch.Tensor | None, layer.bias)
+        return binarizer(input, weight, bias)
 
 
 def _pairs(value: object) -> tuple[int, int]:
@@ -209,8 +220,7 @@ def attach(model: torch.nn.Module, layer: Layer, order: int, scaled: bool) -> Bi
     if _is_module(layer):
         owner = layer.owner
         owner.input_binarizer = binarizer
-        # A bound method (not a closure) so that copy.deepcopy rebinds it to the copy.
-        owner.forward = types.MethodType(_binarized_forward, owner)  # type: ignore[method-assign]
+        owner.forward = _BinarizedForward(owner)  # type: ignore[method-assign]
         return binarizer
     assert isinstance(model, torch.fx.GraphModule)
     node = _node(model, layer)
