@@ -16,9 +16,10 @@ squashed; the straight-through estimator of ``lowbit_base.sign_ste`` while train
   runs without bias (``b`` is added after the scale) and ``K_i`` stays float ops in the graph.
 
 The binarizer is attached to an ``nn.Linear``/``nn.Conv2d`` module as its child
-``input_binarizer`` with the module's ``forward`` bound to call it (weights and state_dict keys
-unchanged), or, in a ``torch.export`` graph (``load_exported``), as a submodule called in place
-of the ``aten.conv2d``/``aten.linear`` node.
+``input_binarizer``, the module's ``forward`` replaced by a call to it (its class, weights and
+state_dict keys unchanged), or, in a ``torch.export`` graph (``load_exported``), as a submodule
+called in place of the ``aten.conv2d``/``aten.linear`` node. It stays after ``squash``: it is
+the layer's computation.
 """
 
 from __future__ import annotations
