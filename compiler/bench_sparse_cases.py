@@ -140,9 +140,11 @@ def conv_arrays(c: ConvCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # -- conv shapes from the zoo ----------------------------------------------------------------
-def zoo_convs(name: str, size: str, kernel: int) -> list[tuple[str, int, int, int, tuple]]:
+def zoo_convs(name: str, size: str, kernel: int,
+              depthwise: bool = False) -> list[tuple[str, int, int, int, tuple]]:
     """``(layer, cin, cout, stride, (h, w))`` of every ``kernel x kernel`` groups-1 convolution
-    of a zoo model, in execution order, one per distinct shape."""
+    (``depthwise``: every depthwise one instead) of a zoo model, in execution order, one per
+    distinct shape."""
     import torch
 
     from squeezer import zoo
@@ -151,7 +153,9 @@ def zoo_convs(name: str, size: str, kernel: int) -> list[tuple[str, int, int, in
     seen: dict[tuple, tuple] = {}
     hooks = []
     for layer, m in model.named_modules():
-        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (kernel, kernel) and m.groups == 1:
+        if not (isinstance(m, torch.nn.Conv2d) and m.kernel_size == (kernel, kernel)):
+            continue
+        if (m.groups == m.in_channels == m.out_channels > 1) if depthwise else m.groups == 1:
             def hook(mod, args, out, layer=layer):
                 key = (mod.in_channels, mod.out_channels, mod.stride[0], tuple(args[0].shape[2:]))
                 seen.setdefault(key, (layer, *key))
