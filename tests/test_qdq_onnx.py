@@ -113,11 +113,9 @@ def test_matches_onnxruntime(quantized, digits, name, per_channel):
 
 
 def test_integer_operators_replace_float_ones(quantized):
-    from squeezer.frontend import import_model
-    from squeezer.pipeline import graph_stage
-    from squeezer.targets import make_target
-
-    mod = graph_stage(import_model(quantized["cnn", True]).mod, make_target(1))
+    # Right after fold_qdq: int8_kernels, next in the graph stage, turns these integer
+    # operators into squeezer's int8 kernels.
+    _, mod, _ = compiled(quantized["cnn", True])
     calls = []
     relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(e) if isinstance(
         e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
