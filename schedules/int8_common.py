@@ -35,15 +35,24 @@ def inline_producers(sch: s_tir.Schedule, first: str, target: Target) -> None:
 def inline_epilogue(sch: s_tir.Schedule, last: str) -> None:
     """Inline the elementwise ops ``FuseOps`` put after a kernel into its block ``last``.
 
+    The epilogue may be a DAG (a requantization reads its int64 sum twice): every block but
+    the final one is inlined forward into its consumers first, then the final one is inlined
+    backward into ``last`` (reverse-inlining a block whose producer has other consumers
+    leaves a dangling buffer behind in TVM 0.27).
+
     Raises
     ------
     ValueError
         When an epilogue block does not inline (a non-elementwise op fused after the kernel).
     """
     blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    for name in blocks[blocks.index(last) + 1:]:
+    after = blocks[blocks.index(last) + 1:]
+    for i, name in enumerate(after):
         try:
-            sch.reverse_compute_inline(sch.get_sblock(name))
+            if i < len(after) - 1:
+                sch.compute_inline(sch.get_sblock(name))
+            else:
+                sch.reverse_compute_inline(sch.get_sblock(name))
         except Exception as err:  # noqa: BLE001 - re-raised with the block's name
             raise ValueError(f"epilogue block {name!r} does not inline into {last!r}: "
                              f"{err}") from err
