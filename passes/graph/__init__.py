@@ -13,6 +13,7 @@ from tvm import relax
 from .binarize import binarize
 from .fold_qdq import fold_qdq
 from .int4_weights import int4_weights
+from .int8_kernels import int8_kernels
 from .sparsify_weights import sparsify_weights
 
 
@@ -31,6 +32,7 @@ def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.trans
     """
     return [
         fold_qdq(log=float_fallback),
+        int8_kernels(),
         relax.transform.FoldConstant(),
         relax.transform.FoldBatchnormToConv2D(),
         relax.transform.DecomposeOpsForInference(),
