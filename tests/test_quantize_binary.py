@@ -14,18 +14,18 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lowbit_util import weight_formats
 
 from squeezer import data
 from squeezer.compression import compress
 from squeezer.errors import RecipeError
-from squeezer.passes.compress import CompressContext, get_method, load_exported
+from squeezer.passes.compress import CompressContext, get_method
 from squeezer.passes.compress.prune.layers import candidates
 from squeezer.passes.compress.quantize.binary import BinaryWeight
 from squeezer.passes.compress.quantize.horq import residual_binarize
 from squeezer.passes.compress.quantize.lowbit_act import BinaryInput, geometry
 from squeezer.passes.compress.quantize.lowbit_base import sign_ste
 from squeezer.passes.compress.quantize.lowbit_method import LowbitMethod
-from squeezer.passes.graph import weight_formats
 from squeezer.recipe import load_recipe
 
 FAST = settings(max_examples=25, deadline=None)
@@ -345,21 +345,6 @@ def test_accuracy_after_quantization_aware_training(
             np.testing.assert_allclose(found.reconstruct(), w, rtol=0, atol=tol)
             rows, cols = len(w), w[0].size
             assert found.nbytes == rows * planes * (-(-cols // 64) * 8 + 4)
-
-
-def test_exported_graph_input(tmp_path: Path, trained: torch.nn.Module) -> None:
-    """An exported program (compress_file's input) gets its binarizers as graph calls."""
-    example = (torch.zeros(2, 1, 8, 8),)
-    program = torch.export.export(trained, example,
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
-    torch.export.save(program, tmp_path / "b.pt2")
-    module = load_exported(tmp_path / "b.pt2")
-    model, report = compress(module, [{"method": "xnor", "epochs": 2}], progress=False)
-    assert report.accuracy_after > 0.8
-    again = torch.export.export(model, example)
-    assert len(where_nodes(again)) == 2
-    weights = dict(model.named_parameters())
-    assert_per_filter_binary(weights["3.weight"], weights["3.weight"])
 
 
 def test_bad_settings_and_weights(digits: data.Digits) -> None:

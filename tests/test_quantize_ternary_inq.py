@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lowbit_util import weight_formats
 
 from squeezer import data
 from squeezer.compression import compress
@@ -21,7 +22,6 @@ from squeezer.errors import RecipeError
 from squeezer.passes.compress import CompressContext, get_method
 from squeezer.passes.compress.quantize.inq import PowerOfTwoWeight, exponent_range, pow2
 from squeezer.passes.compress.quantize.lowbit_method import LowbitMethod
-from squeezer.passes.graph import weight_formats
 from squeezer.recipe import load_recipe
 
 FAST = settings(max_examples=25, deadline=None)

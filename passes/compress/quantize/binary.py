@@ -14,7 +14,8 @@ and Activations Constrained to +1 or -1", arXiv:1602.02830).
   scaling), the straight-through estimator with the hardtanh gradient ``1{|x| <= 1}`` (eq. 4), and
   the latent weights clipped to [-1, 1] before every training forward pass (section 1.2). By
   default the first layer has binary weights and float inputs (the image) and the last one is
-  binary, as in the paper.
+  binary, as in the paper. Batch norm must train with it: in an exported graph
+  (``load_exported``) it is frozen, which costs accuracy (``prepare`` warns).
 
 A layer's input is binarized where it is read, so binarizing the output of a ReLU gives +1
 everywhere: the models of these papers put batch norm (and hardtanh) before binary layers.
@@ -149,6 +150,14 @@ class BinarizedNeuralNetworks(LowbitMethod[BnnSettings]):
 
     def prepare(self, model: torch.nn.Module, ctx: CompressContext) -> torch.nn.Module:
         model = super().prepare(model, ctx)
+        if isinstance(model, torch.fx.GraphModule) and any(
+            n.target == torch.ops.aten.batch_norm.default for n in model.graph.nodes
+        ):
+            ctx.log(
+                "warning: batch norm is frozen in an exported graph, and BNN's unscaled "
+                "{-1, +1} layers need it to re-estimate its statistics: expect a lower accuracy "
+                "than from the nn.Module (or use xnor/horq, whose scales keep the magnitudes)"
+            )
         self.clip()
         self.hook = model.register_forward_pre_hook(self._clip_before_training)
         return model
