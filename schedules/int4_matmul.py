@@ -41,6 +41,7 @@ from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
 from ._common import AnalyzedRule, num_cores, schedule_block_generic, worth_parallel
+from .int4_intrin import FLOAT, VNNI, nibble
 from .int4_pack import GROUPS, LANES, STEP, Int4Weight
 from .spaces import register_space
 
@@ -52,7 +53,6 @@ ROW_MULTIPLE = 8  # rows past this are padded to a multiple of it (row tiles div
 Act = Literal["int8", "int16", "float"]
 QMAX = {"int8": 127, "int16": 127 * 128}  # largest activation code per mode
 PLANES = {"int8": 1, "int16": 2, "float": 1}  # int8 planes (or float copies) per activation
-_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 
 
 def has_vnni(target: Target | None = None) -> bool:
@@ -89,7 +89,6 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
     quant = act != "float"
     acc_t = "int32" if quant else "float32"
     planes = PLANES[act]
-    width = LANES * planes  # GS lanes per row, tile and group: one vector per plane
     qmax = float(QMAX.get(act, 1))
     i64 = functools.partial(tirx.IntImm, "int64")
     x_buf = tuple(i64(d) for d in (*lead, k))
@@ -103,36 +102,10 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
         return T.if_then_else(T.And(vm < m, vk < k), x[*rows(T.min(vm, m - 1)), T.min(vk, k - 1)],
                               T.float32(0))
 
-    def dot_vnni(gs, wp, a, vm, vt, vg, vs):
-        raw = wp.vload([vt, vs, 0, 0], "uint8x64")
-        nibbles = (raw & T.broadcast(T.uint8(15), 64), raw >> T.broadcast(T.uint8(4), 64))
-        vid = T.llvm_lookup_intrinsic_id(_VPDPBUSD)
-        out = []
-        for p in range(planes):
-            acc = gs.vload([vm, vt, vg, p * LANES], "int32x16")
-            for h in range(2):
-                a4 = T.reinterpret("int32", a.vload([vm, p, vs * STEP + 4 * h], "int8x4"))
-                acc = T.call_llvm_pure_intrin("int32x16", vid, acc, nibbles[h],
-                                              T.reinterpret("int8x64", T.broadcast(a4, 16)))
-            out.append(acc)
-        return out
-
-    def dot_float(gs, wp, xf, vm, vt, vg, vs):
-        raw = T.reinterpret("int32x16", wp.vload([vt, vs, 0, 0], "uint8x64"))
-        acc = gs.vload([vm, vt, vg, 0], "float32x16")
-        for h in range(2):
-            for j in range(4):
-                u = (raw >> T.broadcast(8 * j + 4 * h, 16)) & T.broadcast(15, 16)
-                acc = acc + T.Cast("float32x16", u) * T.broadcast(
-                    xf[vm, 0, vs * STEP + 4 * h + j], 16)
-        return [acc]
-
-    dot = dot_vnni if quant else dot_float
-
     def corrected(gs, asum, vm, vt, vg, vl):  # the group sum of sum_k w_q * a
-        total = gs[vm, vt, vg, vl]
+        total = gs[vm, vt, vg, 0, vl]
         if planes == 2:
-            total = total * 128 + gs[vm, vt, vg, LANES + vl]
+            total = total * 128 + gs[vm, vt, vg, 1, vl]
         return total - T.Cast(acc_t, 8) * asum[vm, vg]
 
     def code(xv, inv, p):  # activation plane p (a block var) of x as int32, or x itself
@@ -157,7 +130,7 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
         SA = T.sblock_alloc_buffer((mp,), "float32")
         AQ = T.sblock_alloc_buffer((mp, planes, kp), "int8" if quant else "float32")
         ASUM = T.sblock_alloc_buffer((mp, ng), acc_t)
-        GS = T.sblock_alloc_buffer((mp, tiles, ng, width), acc_t)
+        GS = T.sblock_alloc_buffer((mp, tiles, ng, planes, LANES), acc_t)
         ACC = T.sblock_alloc_buffer((mp, tiles, LANES), "float32")
         if quant:
             for mm, kk in T.grid(mp, k):
@@ -186,25 +159,15 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
                         + T.Cast(acc_t, AQ[vm, 1, vg * g + vj])
                 else:
                     ASUM[vm, vg] = ASUM[vm, vg] + T.Cast(acc_t, AQ[vm, 0, vg * g + vj])
-        for mm, tt, gg, ll, ss in T.grid(mp, tiles, ng, 1, spg):
+        for mm, tt, gg, pp, ss, ll, jj in T.grid(mp, tiles, ng, planes, spg, LANES, STEP):
             with T.sblock("dot"):
-                # vl (always 0) names the lanes: compute_at needs a block var per dimension
-                vm, vt, vg, vl, vs = T.axis.remap("SSSSR", [mm, tt, gg, ll, ss])
-                T.reads(GS[vm, vt, vg, vl * width:vl * width + width],
-                        WP[vt, vg * spg + vs, 0:LANES, 0:4],
-                        AQ[vm, 0:planes, (vg * spg + vs) * STEP:(vg * spg + vs) * STEP + STEP])
-                T.writes(GS[vm, vt, vg, vl * width:vl * width + width])
+                vm, vt, vg, vp, vs, vl, vj = T.axis.remap("SSSSRSR", [mm, tt, gg, pp, ss, ll, jj])
                 T.sblock_attr({"squeezer.kernel": KERNEL, "squeezer.act": act})
                 with T.init():
-                    GS[vm, vt, vg, T.ramp(vl * width, 1, width)] = T.broadcast(
-                        T.Cast(acc_t, 0), width)
-                if planes == 2:
-                    new = dot(GS, WP, AQ, vm, vt, vg, vg * spg + vs)
-                    GS[vm, vt, vg, T.ramp(vl * width, 1, LANES)] = new[0]
-                    GS[vm, vt, vg, T.ramp(vl * width + LANES, 1, LANES)] = new[1]
-                else:
-                    GS[vm, vt, vg, T.ramp(vl * width, 1, LANES)] = dot(
-                        GS, WP, AQ, vm, vt, vg, vg * spg + vs)[0]
+                    GS[vm, vt, vg, vp, vl] = T.Cast(acc_t, 0)
+                GS[vm, vt, vg, vp, vl] = GS[vm, vt, vg, vp, vl] + T.Cast(
+                    acc_t, nibble(WP[vt, vg * spg + vs, vl, vj % 4], vj)
+                ) * T.Cast(acc_t, AQ[vm, vp, (vg * spg + vs) * STEP + vj])
         if sums:
             for mm, tt, gg, ll in T.grid(mp, tiles, ng, LANES):
                 with T.sblock("scale"):
@@ -260,17 +223,21 @@ def _divisors(extent: int) -> list[int]:
 
 
 def default_knobs(sch: s_tir.Schedule, target: Target) -> Knobs:
-    """Matrix-vector (one or two rows): up to 8 tiles, leaving 4 tasks per core. Batched: up to
-    4 x 4 (16 accumulators; the float sums of the tile stay in L1)."""
+    """Matrix-vector (one or two rows): up to 8 tiles, leaving 4 tasks per core. Batched,
+    integer modes: up to 4 tiles and 16 vector accumulators (4 x 4 for int8, 2 rows x 4 tiles
+    for int16's two planes); float mode: 8 rows x 1 tile (the tile's 8 unpacked float vectors
+    take the other registers)."""
     mp, tiles = _sizes(sch)
+    act = str(sch.get(sch.get_sblock("dot")).annotations["squeezer.act"])
     want = 4 * num_cores(target)
     if mp <= 2:
-        mt = mp
         ok = [d for d in _divisors(tiles) if d <= 8 and tiles // d >= want]
-    else:
-        mt = max(d for d in _divisors(mp) if d <= 4)
-        ok = [d for d in _divisors(tiles) if d <= 4 and (tiles // d) * (mp // mt) >= want]
-    return Knobs(mt, max(ok) if ok else 1)
+        return Knobs(mp, max(ok) if ok else 1)
+    nt = 1 if act == "float" else max(d for d in _divisors(tiles) if d <= 4)
+    mt = max(d for d in _divisors(mp) if d * nt * PLANES[act] <= (8 if act == "float" else 16))
+    while nt > 1 and (tiles // nt) * (mp // mt) < want:
+        nt = max(d for d in _divisors(tiles) if d < nt)
+    return Knobs(mt, nt)
 
 
 def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) -> None:
@@ -278,8 +245,8 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     space), otherwise they are fixed (the default schedule).
 
     Tiles of ``mt`` rows x ``nt * 16`` outputs run in parallel (column tiles outermost, so the
-    weight tiles of one column stay in L2 while the row tiles pass). Per group, the ``dot``
-    sums of the tile are computed right before ``scale`` consumes them: they live in registers.
+    weight tiles of one column stay in L2 while the row tiles pass). Per group, the tile's
+    ``dot`` sums are made right before ``scale`` consumes them: they live in registers.
     """
     blocks = _inline_around(sch, target)
     scale = sch.get_sblock("scale")
@@ -294,26 +261,28 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     sch.reorder(to, mo, gg, mi, ti, ll)
     tile = sch.fuse(to, mo)
     mp, tiles = _sizes(sch)
-    steps = int(sch.get(sch.get_sblock("dot")).reads[1].source.shape[1])
+    dot = sch.get_sblock("dot")
+    steps = int(sch.get(dot).reads[1].source.shape[1])
     if worth_parallel(target, mp * tiles * LANES * steps * STEP, macs=True):
         sch.parallel(tile)  # before decompose_reduction: parallel needs compact dataflow
-    dot = sch.get_sblock("dot")
-    sch.compute_at(dot, gg)
-    # the loops compute_at made below gg (unit ones are left out): rows, tiles, steps
-    loops = sch.get_loops(dot)
-    below = loops[[sch.get(lp).same_as(sch.get(gg)) for lp in loops].index(True) + 1:]
-    ds, spatial = below[-1], below[:-1]
-    if spatial:
-        sch.reorder(ds, *reversed(spatial))
-    for lp in spatial:
+    # each group's sums are made right before scale consumes them (they live in registers);
+    # unit loops are kept so that the loop structure does not depend on the sampled sizes
+    sch.compute_at(dot, gg, preserve_unit_loops=True)
+    # below gg: rows, tiles, planes, steps, 16 lanes, 8 reductions. The steps go outside,
+    # rows, tiles and planes are unrolled around the intrinsic.
+    dm, dt, dp, ds, dl, _ = sch.get_loops(dot)[-6:]
+    sch.reorder(ds, dt, dm, dp)
+    init = sch.decompose_reduction(dot, ds)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for lp in (dt, dm, dp):
         sch.unroll(lp)
-    sch.decompose_reduction(dot, ds)
+    act = str(sch.get(dot).annotations["squeezer.act"])
+    sch.tensorize(dl, FLOAT if act == "float" else VNNI)
     sch.vectorize(ll)
     if "out" in blocks:
         init = sch.decompose_reduction(scale, gg)
         sch.vectorize(sch.get_loops(init)[-1])
-        out = sch.get_sblock("out")
-        sch.reverse_compute_at(out, tile)
+        sch.reverse_compute_at(sch.get_sblock("out"), tile)
     for name in ("amax", "ascale", "quant", "asum"):
         if name in blocks:
             schedule_block_generic(sch, sch.get_sblock(name), target)
