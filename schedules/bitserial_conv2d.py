@@ -104,35 +104,50 @@ class ConvGeometry:
 
     @property
     def length(self) -> int:
-        """Words of the packed input: every phase plane plus the last window's overrun."""
+        """Words of the packed input: every phase plane plus the last window's overrun, in
+        whole rows of ``w2`` (the pad stage then runs row by row)."""
         s = self.stride
         last = self.offset(self.cw - 1, self.kh - 1, self.kw - 1)
-        return max(s * s * self.plane, last + self.tw)
+        return -(-max(s * s * self.plane, last + self.tw) // self.w2) * self.w2
 
-    def valid_h(self, oh, kh: int):
-        """Whether row ``kh`` of the taps of output row ``oh`` is in the image (None: always)."""
-        if not self.ph:
-            return None
-        y = oh * self.stride + (kh - self.ph)
-        return tirx.all(y >= 0, y < self.h)
-
-    def valid_w(self, ow, kw: int):
-        """Whether column ``kw`` of the taps of output column ``ow`` is in the image."""
-        if not self.pw:
-            return None
-        x = ow * self.stride + (kw - self.pw)
-        return tirx.all(x >= 0, x < self.w)
-
-
-def _count(conds: list, one, zero):
-    """How many of ``conds`` hold (None: always)."""
-    return _sum([one if c is None else tirx.if_then_else(c, one, zero) for c in conds], zero)
+    def tap_classes(self, axis: str) -> tuple[list[tuple[int, int]], list[int]]:
+        """Along ``axis`` ("h" or "w"): the distinct ranges ``[lo, hi)`` of taps that fall in
+        the image, and the index of each output position's range."""
+        out, size, pad, k = (self.oh, self.h, self.ph, self.kh) if axis == "h" else \
+            (self.ow, self.w, self.pw, self.kw)
+        ranges: list[tuple[int, int]] = []
+        classes = []
+        for o in range(out):
+            start = o * self.stride - pad
+            rng = (max(0, -start), min(k, size - start))
+            if rng not in ranges:
+                ranges.append(rng)
+            classes.append(ranges.index(rng))
+        return ranges, classes
 
 
-def _sum(terms: list, zero):
-    out = zero
-    for t in terms:
-        out = t if out is zero else out + t
+def _in_range(cls, ranges: list[tuple[int, int]], k: int):
+    """Whether tap ``k`` is valid for class ``cls`` (an index into ``ranges``)."""
+    hits = [cls == c for c, (lo, hi) in enumerate(ranges) if lo <= k < hi]
+    return tirx.any(*hits) if len(hits) > 1 else (hits[0] if hits else tirx.const(False))
+
+
+def _common(classes: list[int]) -> int:
+    return max(set(classes), key=classes.count)
+
+
+def _specials(classes: list[int]) -> list[tuple[int, int]]:
+    """``(position, class)`` of the positions outside the most common class (the borders)."""
+    common = _common(classes)
+    return [(i, c) for i, c in enumerate(classes) if c != common]
+
+
+def _class_of(pos, classes: list[int]):
+    """The class of output position ``pos``: a chain of selects over the border positions."""
+    pos = tirx.Cast("int32", pos)  # the index types of the class table
+    out = tirx.const(_common(classes), "int32")
+    for i, c in _specials(classes):
+        out = tirx.Select(pos == i, tirx.const(c, "int32"), out)
     return out
 
 
@@ -176,7 +191,7 @@ def bitserial_conv2d_func(geo: ConvGeometry, planes: int, act: ActBits) -> tirx.
                  tirx.min(tirx.max(xx, 0), g.w - 1)]
         return tirx.if_then_else(ok, val, tirx.const(0, word))
 
-    xb = te.compute((g.n, J, g.length), phases, name="xb")
+    xb = te.compute((g.n, J, g.length), phases, name="xb", attrs={"squeezer.row": g.w2})
 
     rkh = te.reduce_axis((0, g.kh), "rkh")
     rkw = te.reduce_axis((0, g.kw), "rkw")
@@ -188,42 +203,41 @@ def bitserial_conv2d_func(geo: ConvGeometry, planes: int, act: ActBits) -> tirx.
 
     acc = te.compute((g.n, J, rows, g.tw), product, name="acc",
                      attrs={"squeezer.kernel": KERNEL})
-    zero = tirx.const(0, acc_t)
+    wcw = te.reduce_axis((0, g.cw), "wcw")
+    wpc = te.compute((rows, g.kh, g.kw), lambda r, i, k: te.sum(
+        tirx.Cast(acc_t, tirx.popcount(wb[r, i, k, wcw])), axis=wcw), name="wpc")
+    h_ranges, h_class = g.tap_classes("h")
+    w_ranges, w_class = g.tap_classes("w")
+    if not act.bipolar:  # no correction depends on the pixel
+        h_ranges, h_class, w_ranges, w_class = [(0, g.kh)], [0] * g.oh, [(0, g.kw)], [0] * g.ow
 
-    def wpc(r, kh: int, kw: int):
-        # a tap's weight popcount, written out over its words: it depends on the row only,
-        # so LLVM hoists it out of the pixel loops (no buffer, nothing stored)
-        return _sum([tirx.Cast(acc_t, tirx.popcount(wb[r, kh, kw, cw])) for cw in range(g.cw)],
-                     zero)
-
-    if act.bipolar:
-        def plane_dot(n, r, oh, ow):
-            # Padded taps read zero words and counted popcount(w): add 2 * popcount(w) back
-            # for each of them, per column of taps: a column outside the image entirely, or
-            # only the rows of it outside the image (uniform along an output row).
-            one = tirx.const(1, acc_t)
-            vh = [g.valid_h(oh, kh) for kh in range(g.kh)]
-            vw = [g.valid_w(ow, kw) for kw in range(g.kw)]
-            corr = zero
+    def base(r, ch, cw):
+        # The count a row starts from at a pixel of class (ch, cw): binary inputs
+        # C * valid taps + 2 * popcount(w) of the padded taps (they read zero words and
+        # counted popcount(w) mismatches instead of nothing); unipolar planes sum_j beta_j *
+        # popcount(w) over the window (a padded tap adds popcount(w) - popcount(w ^ 0) = 0).
+        total = tirx.const(0, acc_t)
+        for kh in range(g.kh):
             for kw in range(g.kw):
-                col_out = _sum([tirx.if_then_else(v, zero, wpc(r, kh, kw))
-                                for kh, v in enumerate(vh) if v is not None], zero)
-                if vw[kw] is not None:
-                    col_all = _sum([wpc(r, kh, kw) for kh in range(g.kh)], zero)
-                    col_out = tirx.if_then_else(vw[kw], col_out, col_all)
-                corr = corr + col_out
-            valid = g.c * _count(vh, one, zero) * _count(vw, one, zero)
-            d = valid - 2 * acc[n, 0, r, oh * g.w2 + ow]
-            return d + 2 * corr if (g.ph or g.pw) else d
-    else:
-        def plane_dot(n, r, oh, ow):
-            # sum (2w - 1) x_j over the window = popcount(w) - popcount(w ^ x_j), padded
-            # words (x_j = 0) contributing popcount(w) - popcount(w) = 0
-            total = _sum([wpc(r, kh, kw) for kh in range(g.kh) for kw in range(g.kw)], zero)
-            d = zero
-            for j, beta in enumerate(act.betas):
-                d = d + beta * (total - acc[n, j, r, oh * g.w2 + ow])
-            return d
+                if not act.bipolar:
+                    total = total + sum(act.betas) * wpc[r, kh, kw]
+                    continue
+                ok = tirx.And(_in_range(ch, h_ranges, kh), _in_range(cw, w_ranges, kw))
+                total = total + tirx.Select(ok, tirx.const(g.c, acc_t), 2 * wpc[r, kh, kw])
+        return total
+
+    bases = te.compute((rows, len(h_ranges), len(w_ranges)), base, name="base")
+    gammas = (2,) if act.bipolar else act.betas
+
+    def plane_dot(n, r, oh, ow):
+        start = bases[r, _class_of(oh, h_class), _common(w_class)]
+        for pos, c in _specials(w_class):
+            start = tirx.Select(ow == tirx.const(pos, ow.ty.dtype),
+                                bases[r, _class_of(oh, h_class), c], start)
+        d = start
+        for j, gamma in enumerate(gammas):
+            d = d - gamma * acc[n, j, r, oh * g.w2 + ow]
+        return d
 
     def epilogue(n, o, oh, ow):
         y = tirx.const(0.0, "float32")
@@ -235,7 +249,9 @@ def bitserial_conv2d_func(geo: ConvGeometry, planes: int, act: ActBits) -> tirx.
     out = te.compute((i64(g.n), i64(g.o), i64(g.oh), i64(g.ow)), epilogue, name="epilogue")
     func = te.create_prim_func([x, wb, alpha, out])
     # op_pattern 4 (kOutEWiseFusable): FuseOps fuses a following bias add or activation
-    return func.with_attr({"squeezer.kernel": KERNEL, "op_pattern": 4})
+    # the caller names it (BlockBuilder.add_func, or a module key)
+    func = func.with_attr({"squeezer.kernel": KERNEL, "op_pattern": 4})
+    return func.without_attr("global_symbol")
 
 
 @dataclass(frozen=True)
@@ -292,8 +308,10 @@ def schedule_conv(sch: s_tir.Schedule, rows, vecs, target: Target) -> None:
     blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     for name in blocks[blocks.index("epilogue") + 1:]:  # bias add, activation fused after
         sch.reverse_compute_inline(sch.get_sblock(name))
-    for name in reversed(blocks[:blocks.index("xu")]):  # injective producers fused before
-        sch.compute_inline(sch.get_sblock(name))
+    own = {"wpc", "base", "xu", "xb", "acc"}
+    for name in reversed(blocks[:blocks.index("acc")]):  # injective producers fused before
+        if name not in own:
+            sch.compute_inline(sch.get_sblock(name))
     _schedule_pack(sch, threads)
     n, j, r, t, kh, kw, cw = sch.get_loops(acc)
     ro, ri = sch.split(r, [None, rows])
@@ -329,6 +347,20 @@ def _schedule_pack(sch: s_tir.Schedule, threads: bool) -> None:
     if threads:
         sch.parallel(outer)
     sch.decompose_reduction(xu, b)
+    # pad and phases: row by row (the index arithmetic then stays per row), rows in parallel
+    xb = sch.get_sblock("xb")
+    n, j, v = sch.get_loops(xb)
+    rows, _ = sch.split(v, [None, _row_width(sch)])
+    outer = sch.fuse(n, j, rows)
+    if threads:
+        sch.parallel(outer)
+    # wpc and base (per weight row, a few thousand operations) stay serial: a parallel
+    # region would cost more than they take
+
+
+def _row_width(sch: s_tir.Schedule) -> int:
+    """``w2``: the extended row width, recorded on the pack block by the kernel builder."""
+    return int(sch.get(sch.get_sblock("xb")).annotations["squeezer.row"])
 
 
 def _has_block(sch: s_tir.Schedule, name: str) -> bool:
