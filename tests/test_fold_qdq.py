@@ -123,6 +123,30 @@ def test_conv2d_integer():
     assert "relax.dequantize" not in names
 
 
+def test_batch_norm_and_residual_join_the_requantization():
+    """A model quantized before its batch norms were folded (conv -> batch_norm -> relu ->
+    quantize), and the sum of two such convs: one requantization each, no float op left."""
+    def conv_bn(bb, d, seed):
+        rng = np.random.default_rng(seed)
+        y = bb.emit(relax.op.nn.conv2d(d, weight(bb, (5, 4, 3, 3), seed=seed), padding=1))
+        stats = [c(v, "float32") for v in (rng.uniform(0.5, 2, 5), rng.normal(0, 0.3, 5),
+                                           rng.normal(0, 0.5, 5), rng.uniform(0.2, 2, 5))]
+        bn = bb.emit(relax.op.nn.batch_norm(y, *stats, axis=1, training=False))
+        return bb.emit(relax.TupleGetItem(bn, 0))
+
+    def single(bb, d):
+        return bb.emit(relax.op.nn.relu(conv_bn(bb, d, 1)))
+
+    def residual(bb, d):
+        return bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(conv_bn(bb, d, 2),
+                                                             conv_bn(bb, d, 3)))))
+
+    new, log = compare(build([single, residual], (1, 4, 6, 6)), (1, 4, 6, 6))
+    names = [e.op.name for e in ops(new)]
+    assert log == [] and "relax.nn.batch_norm" not in names
+    assert names.count("relax.nn.conv2d") == 3 and names.count("relax.multiply") == 3
+
+
 def test_zero_point_zero_keeps_conv_padding():
     def body(bb, d):
         w = weight(bb, (4, 6, 3, 3))

@@ -12,6 +12,8 @@ integer terms (``qdq_reps``); the rules (``qdq_rules``, ``qdq_rules_move``) rewr
   bias, ReLU/ReLU6/clip and the following ``quantize`` become one fixed-point requantization
   (elementwise int64 operators that ``FuseOps`` fuses into the kernel's epilogue). Without a
   following quantize, the int32 accumulator is converted to float (``acc * sx * sw + b``).
+- inference ``batch_norm`` after such a product (a model quantized before its batch norms were
+  folded) joins the requantization as one more per-channel scale and shift.
 - ``add`` of two quantized tensors, average pooling and means (int32 sums), max pooling and data
   movement (on the integer tensor), ``concat`` and ``relu``/``clip`` between dequantize and
   quantize; ``quantize(dequantize(q))`` becomes ``q`` or a requantization.
@@ -82,6 +84,7 @@ class _FoldQDQ(PyExprMutator):
         self.log = log
         self.reps: dict[relax.Var, object] = {}
         self.tuples: dict[relax.Var, list[relax.Expr]] = {}
+        self.floats: set[relax.Var] = set()  # results of operators reported as left in float
         self.where = ""
         self.quantized = False
 
@@ -105,6 +108,10 @@ class _FoldQDQ(PyExprMutator):
             self.tuples[var] = list(value.fields)
         if isinstance(value, relax.Var) and value in self.reps:
             self.reps[var] = self.reps[value]
+        if isinstance(value, relax.TupleGetItem):  # a rep per field: [rep of field 0, ...]
+            fields = self.reps.get(value.tuple_value)
+            if isinstance(fields, list) and value.index < len(fields):
+                self.reps[var] = fields[value.index]
         if not (isinstance(value, relax.Call) and isinstance(value.op, Op)):
             super().visit_var_binding_(binding)
             return
@@ -139,11 +146,17 @@ class _FoldQDQ(PyExprMutator):
             if any(isinstance(r, ACTIVATIONS) for r in reps):
                 reason = f"no integer form for {op}"
             elif call.op.name in _DATA_MOVEMENT:
-                return  # no arithmetic: as fast on floats (e.g. a flatten before the quantize)
+                # No arithmetic: as fast on floats (e.g. a flatten before the quantize).
+                if any(a in self.floats for a in args):
+                    self.floats.add(var)
+                return
+            elif any(a in self.floats for a in args):
+                reason = "its input comes from an operator left in float"
             else:
                 reason = "not quantized in the model (no dequantize before it)"
         else:
             reason = result.reason
+        self.floats.add(var)
         first = next((a for a in call.args if isinstance(a.ty, relax.TensorType)), None)
         shapes = f"{_shape_text(first)} -> " if first is not None else ""
         self.log.append({"op": op, "where": f"{var.name} ({shapes}{_shape_text(var)})",

@@ -266,7 +266,7 @@ def _add_two(ctx: Ctx, a: Affine, b: Affine, shapes, out) -> Out | Fallback:
     if shapes[0] != out or shapes[1] != out:
         return Fallback("add broadcasts one activation against another")
     if a.clamped or b.clamped:
-        return Fallback("add after a clamp with no quantize between them")
+        return Fallback("an operand is clamped (ReLU/clip) with no quantize after the clamp")
     ca, cb = a.channels(), b.channels()
     if ca is not None and cb is not None and (a.axis != b.axis or ca != cb):
         return Fallback("operands have per-channel scales on different axes")
@@ -302,6 +302,35 @@ def clip(ctx: Ctx, call: relax.Call) -> Out | Fallback | None:
     return _clamp(ctx, call, bounds[0], bounds[1])
 
 
+def batch_norm(ctx: Ctx, call: relax.Call) -> Out | Fallback | None:
+    """Inference batch norm after an integer product: one more per-channel scale and shift
+    (a model quantized before its batch norms were folded into the convolutions)."""
+    rep = ctx.rep(call.args[0])
+    out = shape_of(call.args[0])
+    aff = affine_of(rep, len(out or []))
+    if aff is None or out is None:
+        return Fallback(input_reason(rep)) if isinstance(rep, ACTIVATIONS) else None
+    stats = [ctx.rep(a) for a in call.args[1:5]]
+    if not all(isinstance(v, np.ndarray) for v in stats):
+        return Fallback("batch_norm statistics are not constants")
+    a = call.attrs
+    if a.training:
+        return Fallback("batch_norm in training mode")
+    axis = int(a.axis) % len(out)
+    if aff.clamped:
+        return Fallback("batch_norm after a clamp with no quantize between them")
+    if aff.channels() is not None and aff.axis != axis:
+        return Fallback("batch_norm axis differs from the per-channel scales' axis")
+    gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in stats)
+    k = (gamma if a.scale else np.ones_like(var)) / np.sqrt(var + float(a.epsilon))
+    shift = beta if a.center else np.zeros_like(var)
+    terms = tuple(Term(t.expr, t.scale * k, np.broadcast_to(t.zero, k.shape).copy(),
+                       np.broadcast_to(t.bound, k.shape).copy()) for t in aff.terms)
+    new = Affine(terms, k * (aff.bias - mean) + shift, axis, aff.ndim)
+    value = ctx.bb.emit(emit_float(ctx.bb, new))
+    return Out(relax.Tuple([value, call.args[3], call.args[4]]), [new])
+
+
 RULES: dict[str, Rule] = {
     "relax.dequantize": dequantize,
     "relax.quantize": quantize,
@@ -311,4 +340,5 @@ RULES: dict[str, Rule] = {
     "relax.nn.relu": relu,
     "relax.nn.relu6": relu6,
     "relax.clip": clip,
+    "relax.nn.batch_norm": batch_norm,
 }
