@@ -176,6 +176,10 @@ def test_binarized_layers_match_the_papers_formulas(
         for h, _ in planes:
             assert set(h.unique().tolist()) <= {-1.0, 1.0} and h.dtype == torch.float32
         assert torch.equal(planes[0][0][0, :, 0, 0], torch.ones(3))
+    # Squashed, the layer computes in the input's dtype: float64 matches the reference closely.
+    q.squash(model)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.double()[1](x.double()).numpy(), want, rtol=1e-10)
 
 
 def test_same_padding_and_even_kernels_use_the_padded_box_filter() -> None:

@@ -86,7 +86,8 @@ class BinaryInput(torch.nn.Module):
         """``sign(x)`` in {-1, +1}, with the straight-through gradient while ``ste``."""
         if self.ste:
             return sign_ste(x)
-        return torch.where(x >= 0, 1.0, -1.0)
+        h = torch.where(x >= 0, 1.0, -1.0)  # float32: the exact op of the contract
+        return h if h.dtype == x.dtype else h.to(x.dtype)
 
     def planes(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """The binary inputs ``H(r_{i-1})`` with their per-position scales ``beta_i``."""
