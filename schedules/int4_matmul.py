@@ -260,17 +260,16 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     to, ti = sch.split(tt, tf)
     sch.reorder(to, mo, gg, mi, ti, ll)
     tile = sch.fuse(to, mo)
-    mp, tiles = _sizes(sch)
     dot = sch.get_sblock("dot")
-    steps = int(sch.get(dot).reads[1].source.shape[1])
-    if worth_parallel(target, mp * tiles * LANES * steps * STEP, macs=True):
+    macs = math.prod(int(iv.dom.extent) for iv in sch.get(dot).iter_vars)
+    if worth_parallel(target, macs, macs=True):
         sch.parallel(tile)  # before decompose_reduction: parallel needs compact dataflow
     # each group's sums are made right before scale consumes them (they live in registers);
     # unit loops are kept so that the loop structure does not depend on the sampled sizes
     sch.compute_at(dot, gg, preserve_unit_loops=True)
-    # below gg: rows, tiles, planes, steps, 16 lanes, 8 reductions. The steps go outside,
-    # rows, tiles and planes are unrolled around the intrinsic.
-    dm, dt, dp, ds, dl, _ = sch.get_loops(dot)[-6:]
+    # below gg: rows, tiles, the group (one), planes, steps, 16 lanes, 8 reductions. The steps
+    # go outside; tiles, rows and planes are unrolled around the intrinsic.
+    dm, dt, _, dp, ds, dl, _ = sch.get_loops(dot)[-7:]
     sch.reorder(ds, dt, dm, dp)
     init = sch.decompose_reduction(dot, ds)
     sch.vectorize(sch.get_loops(init)[-1])

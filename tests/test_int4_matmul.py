@@ -332,3 +332,11 @@ def test_int4_kernel_is_tuned_and_the_record_applied(tmp_path):
     compiled = squeezer.compile(model, (x.numpy(),), threads=2, records=[tmp_path])
     kernels = {k["name"]: k for k in compiled.manifest["tuning"]["kernels"]}
     assert any("int4_matmul" in name and k["tuned"] for name, k in kernels.items()), kernels
+
+
+def test_default_schedule_is_parallel_when_worth_it():
+    big = int4_matmul_func((2, 1024), int4_weight(512, 1024, 128), "float")
+    small = int4_matmul_func((1, 64), int4_weight(16, 64, 64), "float")
+    scripts = [default_schedule_pass(TARGET)(tvm.IRModule({"main": f})).script()
+               for f in (big, small)]
+    assert "T.parallel" in scripts[0] and "T.parallel" not in scripts[1]
