@@ -39,15 +39,18 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: np.ndarray,
     return out_path
 
 
-def run_ort(path: Path, x: np.ndarray, optimize: bool = True) -> np.ndarray:
-    """onnxruntime's output; ``optimize=False`` runs the QDQ graph as written (float operators
-    between DequantizeLinear and QuantizeLinear) instead of its fused integer kernels."""
+def run_ort(path: Path, x: np.ndarray | list[np.ndarray], optimize: bool = True):
+    """onnxruntime's output for one input, or a list of outputs for a list of inputs (one
+    session); ``optimize=False`` runs the QDQ graph as written (float operators between
+    DequantizeLinear and QuantizeLinear) instead of its fused integer kernels."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if isinstance(x, list):
+        return [sess.run(None, {"input": xi})[0] for xi in x]
     return sess.run(None, {"input": x})[0]
 
 

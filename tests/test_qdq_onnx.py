@@ -99,8 +99,9 @@ def test_matches_onnxruntime(quantized, digits, name, per_channel):
     run, mod, log = compiled(path)
     step = output_step(path)
     exact = total = 0
-    for x in inputs(name, digits):
-        got, want = run(x), run_ort(path, x)
+    xs = inputs(name, digits)
+    for x, want in zip(xs, run_ort(path, xs), strict=True):
+        got = run(x)
         steps = np.abs(got.astype(np.float64) - want) / step
         assert steps.max() <= 1.001, f"{name}: {steps.max():.2f} steps from onnxruntime"
         exact, total = exact + int((steps < 1e-3).sum()), total + steps.size
@@ -165,19 +166,22 @@ def test_per_input_channel_weight_falls_back_and_is_reported(tmp_path, capsys):
     from squeezer.cli import main
 
     path = _per_input_channel_model(tmp_path / "axis1.onnx")
+    art = tmp_path / "m.sqz"
     # onnxruntime's own fusion of this graph into QLinearConv fails at run time ("filter scale
-    # shape invalid"): the reference is its unfused QDQ graph.
-    mod = squeezer.compile(path, threads=1, verify=False)
+    # shape invalid"): the reference is its unfused QDQ graph, compared below.
+    assert main(["compile", str(path), "-o", str(art), "--no-records", "--threads", "1",
+                 "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "left in float" in out and "nn.conv2d" in out and "axis [1]" in out
+    assert main(["info", str(art)]) == 0
+    assert "left in float" in capsys.readouterr().out
+
+    mod = squeezer.load(art)
     [entry] = mod.manifest["float_fallback"]
     assert entry["op"] == "nn.conv2d" and "axis [1]" in entry["reason"]
     assert "1x3x6x6 -> 1x4x6x6" in entry["where"]
     x = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)
     assert np.abs(mod(x) - run_ort(path, x, optimize=False)).max() <= 0.047 * 1.001
-
-    assert main(["compile", str(path), "-o", str(tmp_path / "m.sqz"), "--no-records",
-                 "--threads", "1", "--no-verify"]) == 0
-    out = capsys.readouterr().out
-    assert "left in float" in out and "nn.conv2d" in out and "axis [1]" in out
 
 
 def test_zero_scale_is_named(tmp_path):
