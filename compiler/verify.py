@@ -61,9 +61,10 @@ def quantization_steps(mod) -> list[float | None]:
         step = None
         if isinstance(f, relax.Call) and getattr(f.op, "name", "") == "relax.dequantize":
             scale = resolve(f.args[1])
-            value = getattr(scale, "value", None)
-            if hasattr(value, "numpy") and value.numpy().size == 1:
-                step = float(value.numpy().reshape(-1)[0])
+            numpy = getattr(getattr(scale, "value", None), "numpy", None)
+            array = numpy() if numpy is not None else None
+            if array is not None and array.size == 1:
+                step = float(array.reshape(-1)[0])
         steps.append(step)
     return steps
 

@@ -48,10 +48,10 @@ def move(ctx: Ctx, call: relax.Call) -> Out | Fallback | None:
         return None if values is None else Out(const(values, str(values.dtype)), values)
     if out is not None and isinstance(rep, Weight):
         full = rep.full()
-        arrays = [_move_array(call, a, out) for a in (full.q, full.scale, full.zero)]
-        if arrays[0] is None:
+        q, scale, zero = (_move_array(call, a, out) for a in (full.q, full.scale, full.zero))
+        if q is None or scale is None or zero is None:
             return None
-        moved_w = Weight(arrays[0], arrays[1], arrays[2], None)
+        moved_w = Weight(q, scale, zero, None)
         return Out(const(moved_w.values(), "float32"), moved_w)
     if isinstance(rep, ACTIVATIONS):
         return Fallback(input_reason(rep))
