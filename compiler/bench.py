@@ -101,6 +101,18 @@ def squeezer_runner(module, arrays: Sequence[np.ndarray]) -> Callable[[], object
 
 
 # -- reporting -----------------------------------------------------------------------------------
+def cpu_seconds() -> tuple[float, float] | None:
+    """``(busy CPU-seconds of the whole machine, CPU-seconds of this process)`` (Linux only):
+    their growth over a benchmark run tells how much other processes ran beside it."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    t = os.times()
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
 def write_json(rows: Sequence[Row], path: str | os.PathLike, extra: dict | None = None) -> None:
     """Write ``{"rows": [...], **extra}`` atomically."""
     path = Path(path)

@@ -162,7 +162,7 @@ def bench_lowbit(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: 
     case with its medians, the goals, the measured bandwidth)."""
     import torch
 
-    from squeezer.bench_sparse import _cpu_seconds
+    from squeezer.bench import cpu_seconds as _cpu_seconds
     from squeezer.targets import set_runtime_threads
     from squeezer.tune.tasks import memory_bandwidth
 

@@ -13,14 +13,13 @@ reason.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from squeezer.bench import Report, squeezer_runner
+from squeezer.bench import cpu_seconds as _cpu_seconds
 from squeezer.bench_prune_cases import (
     MethodCase,
     ModelCase,
@@ -71,16 +70,6 @@ class DenseModel:
     train_s: float
 
 
-def _cpu_seconds() -> tuple[float, float] | None:
-    """``(busy CPU-seconds of the machine, CPU-seconds of this process)`` (Linux only): their
-    growth over the run is what other processes ran beside it (as in ``bench sparse``)."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    t = os.times()
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    return busy, t.user + t.system + t.children_user + t.children_system
 
 
 def _reason(err: BaseException) -> str:

@@ -23,7 +23,6 @@ medians of this run only.
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezer.bench import Report, onnxruntime_runner, squeezer_runner, torch_runner
+from squeezer.bench import cpu_seconds as _cpu_seconds
 from squeezer.bench_sparse_cases import (
     ConvCase,
     EndToEndCase,
@@ -196,16 +196,6 @@ def e2e_case(b: Bench, c: EndToEndCase, onnx_path: Path) -> CaseResult:
 
 
 # -- entry points --------------------------------------------------------------------------------
-def _cpu_seconds() -> tuple[float, float] | None:
-    """``(busy CPU-seconds of the whole machine, CPU-seconds of this process)`` (Linux only):
-    their growth over a run tells how much other processes ran beside it."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    t = os.times()
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    return busy, t.user + t.system + t.children_user + t.children_system
 
 
 
