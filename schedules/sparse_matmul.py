@@ -29,7 +29,7 @@ from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ._common import AnalyzedRule, num_cores, vector_lanes
+from ._common import AnalyzedRule, num_cores, vector_lanes, worth_parallel
 from .spaces import register_space
 
 KERNEL = "sparse_matmul"
@@ -373,7 +373,7 @@ def _schedule_gemv(sch: s_tir.Schedule, target: Target) -> None:
     sch.decompose_reduction(upd, jj)
     sch.reverse_compute_at(sch.get_sblock("lanes"), io)
     sch.reverse_compute_at(sch.get_sblock("epilogue"), io)
-    if num_cores(target) > 1:
+    if worth_parallel(target, _macs(sch), macs=True):
         sch.parallel(io)
 
 
@@ -474,9 +474,9 @@ def schedule(sch: s_tir.Schedule, pt, target: Target) -> None:
         # whole vectors): its own parallel pass. Per row group, lowering shrinks the
         # accumulator to the pixels read and the padded columns overrun it (wrong results).
         out_loops = sch.get_loops(epilogue[0])
-        if num_cores(target) > 1:
+        if worth_parallel(target, _buffer_size(sch.get(epilogue[0]).writes[0].source)):
             sch.parallel(out_loops[0])
-    if num_cores(target) > 1:
+    if worth_parallel(target, _macs(sch), macs=True):
         sch.parallel(tile)
     if "pack" in blocks:
         _schedule_pack(sch, sch.get_sblock("pack"), target)
@@ -490,6 +490,16 @@ def _image_is_dense(sch: s_tir.Schedule, update, epilogue) -> bool:
     for loop in loops[1:]:
         pixels *= int(sch.get(loop).extent)
     return len(loops) == 3 and pixels == width
+
+
+def _buffer_size(buf) -> int:
+    return int(np.prod([int(x) for x in buf.shape]))
+
+
+def _macs(sch: s_tir.Schedule) -> int:
+    """Multiply-adds of the kernel being scheduled: small products stay on one thread (waking
+    the pool costs more than a digits-sized layer takes)."""
+    return int(kernel_flops(sch.mod["main"]) // 2)
 
 
 def _largest_divisor(n: int, cap: int) -> int:
@@ -508,8 +518,9 @@ def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
     A one-loop pack (the convolution's phase planes) is split into parallel chunks."""
     loops = sch.get_loops(pack)
     cores = num_cores(target)
+    parallel = worth_parallel(target, _buffer_size(sch.get(pack).writes[0].source))
     if len(loops) == 1:
-        if cores > 1:
+        if parallel:
             outer, _ = sch.split(loops[0], [cores * 4, None])
             sch.parallel(outer)
         return
@@ -520,7 +531,7 @@ def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
     po, pi = sch.split(pp, [None, tp])
     sch.reorder(ko, po, pi, ki)
     sch.unroll(ki)
-    if cores > 1:
+    if parallel:
         sch.parallel(ko)
 
 
