@@ -239,11 +239,13 @@ def cmd_bench(args) -> int:
 
 
 def bench_suites() -> dict:
+    from squeezer.bench_lowbit import run_lowbit_suite
     from squeezer.bench_prune import run_prune_suite
     from squeezer.bench_sparse import run_sparse_suite
     from squeezer.bench_zoo import run_zoo_suite
 
-    return {"zoo": run_zoo_suite, "sparse": run_sparse_suite, "prune": run_prune_suite}
+    return {"zoo": run_zoo_suite, "sparse": run_sparse_suite, "prune": run_prune_suite,
+            "lowbit": run_lowbit_suite}
 
 
 def cmd_info(args) -> int:
@@ -362,9 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", parents=[common],
-                       help="time an artifact against a peer, or run a suite (zoo, sparse, prune)")
+                       help="time an artifact against a peer, or run a suite "
+                            "(zoo, sparse, prune, lowbit)")
     p.add_argument("target", metavar="ARTIFACT|SUITE",
-                   help="model.sqz, or a suite name: zoo, sparse, prune")
+                   help="model.sqz, or a suite name: zoo, sparse, prune, lowbit")
     p.add_argument("--inputs", help=".npz of inputs (default: random)")
     p.add_argument("--repeat", type=_positive_int, default=50)
     p.add_argument("--against", help="peer model on the same inputs: .onnx (onnxruntime) or "
