@@ -42,10 +42,10 @@ from tvm.target import Target, codegen
 
 from ._common import AnalyzedRule, num_cores, schedule_block_generic, worth_parallel
 from .int4_intrin import FLOAT, VNNI, nibble
-from .int4_pack import GROUPS, LANES, STEP, Int4Weight
+from .int4_pack import GROUPS, ILV, LANES, STEP, Int4Weight
 from .spaces import register_space
 
-__all__ = ["GROUPS", "KERNEL", "LANES", "STEP", "Int4Matmul", "Int4Weight", "has_vnni",
+__all__ = ["GROUPS", "ILV", "KERNEL", "LANES", "STEP", "Int4Matmul", "Int4Weight", "has_vnni",
            "int4_matmul_func", "int4_matmul_space", "kernel_flops", "rows_padded"]
 
 KERNEL = "int4_matmul"
@@ -83,7 +83,8 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
     lead = tuple(int(d) for d in x_shape[:-1])
     m = math.prod(lead)
     mp = rows_padded(m)
-    tiles, steps, _, _ = w.packed.shape
+    chunks, steps = w.packed.shape[:2]
+    tiles = chunks * ILV
     ng = w.scales.shape[1]
     g, kp, spg = w.group, steps * STEP, w.group // STEP
     quant = act != "float"
@@ -122,8 +123,8 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
     def kernel(x_h: T.handle, w_h: T.handle, s_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True, "squeezer.kernel": KERNEL, "op_pattern": 4})
         X = T.match_buffer(x_h, x_buf, "float32")
-        WP = T.match_buffer(w_h, (tiles, steps, LANES, 4), "uint8")
-        SW = T.match_buffer(s_h, (tiles, ng, LANES), "float32")
+        WP = T.match_buffer(w_h, (chunks, steps, ILV, LANES, 4), "uint8")
+        SW = T.match_buffer(s_h, (chunks, ng, ILV, LANES), "float32")
         Y = T.match_buffer(y_h, y_buf, acc_t if sums else "float32")
         AMAX = T.sblock_alloc_buffer((mp,), "float32")
         INV = T.sblock_alloc_buffer((mp,), "float32")
@@ -166,7 +167,7 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
                 with T.init():
                     GS[vm, vt, vg, vp, vl] = T.Cast(acc_t, 0)
                 GS[vm, vt, vg, vp, vl] = GS[vm, vt, vg, vp, vl] + T.Cast(
-                    acc_t, nibble(WP[vt, vg * spg + vs, vl, vj % 4], vj)
+                    acc_t, nibble(WP[vt // ILV, vg * spg + vs, vt % ILV, vl, vj % 4], vj)
                 ) * T.Cast(acc_t, AQ[vm, vp, (vg * spg + vs) * STEP + vj])
         if sums:
             for mm, tt, gg, ll in T.grid(mp, tiles, ng, LANES):
@@ -182,10 +183,10 @@ def int4_matmul_func(x_shape: tuple[int, ...], w: Int4Weight, act: Act = "int8",
                     if quant:
                         ACC[vm, vt, vl] = ACC[vm, vt, vl] + T.Cast(
                             "float32", corrected(GS, ASUM, vm, vt, vg, vl)
-                        ) * (SA[vm] * SW[vt, vg, vl])
+                        ) * (SA[vm] * SW[vt // ILV, vg, vt % ILV, vl])
                     else:
                         ACC[vm, vt, vl] = ACC[vm, vt, vl] + corrected(
-                            GS, ASUM, vm, vt, vg, vl) * SW[vt, vg, vl]
+                            GS, ASUM, vm, vt, vg, vl) * SW[vt // ILV, vg, vt % ILV, vl]
             for mm, nn in T.grid(m, n):
                 with T.sblock("out"):
                     vm, vn = T.axis.remap("SS", [mm, nn])
@@ -198,7 +199,7 @@ def kernel_flops(func: tirx.PrimFunc) -> float:
     """Operations of the product, two per multiply-add (``k`` padded to whole groups), for a
     kernel alone or with what ``FuseOps`` fused around it. TVM's estimate rejects the vector
     intrinsics in the ``dot`` block."""
-    packed = next(p for p in func.params if p.dtype == "uint8" and len(p.shape) == 4)
+    packed = next(p for p in func.params if p.dtype == "uint8" and len(p.shape) == 5)
     kp = int(packed.shape[1]) * STEP
     return 2.0 * math.prod(int(d) for d in func.params[-1].shape) * kp
 
@@ -223,16 +224,16 @@ def _divisors(extent: int) -> list[int]:
 
 
 def default_knobs(sch: s_tir.Schedule, target: Target) -> Knobs:
-    """Matrix-vector (one or two rows): up to 8 tiles, leaving 4 tasks per core. Batched,
-    integer modes: up to 4 tiles and 16 vector accumulators (4 x 4 for int8, 2 rows x 4 tiles
-    for int16's two planes); float mode: 8 rows x 1 tile (the tile's 8 unpacked float vectors
-    take the other registers)."""
+    """Matrix-vector (one or two rows): up to 8 tiles (whole chunks where possible), leaving 4
+    tasks per core. Batched, integer modes: up to 4 tiles and 16 vector accumulators (4 x 4 for
+    int8, 2 rows x 4 tiles for int16's two planes); float mode: 8 rows x 1 tile (the tile's 8
+    unpacked float vectors take the other registers)."""
     mp, tiles = _sizes(sch)
     act = str(sch.get(sch.get_sblock("dot")).annotations["squeezer.act"])
     want = 4 * num_cores(target)
-    if mp <= 2:
-        ok = [d for d in _divisors(tiles) if d <= 8 and tiles // d >= want]
-        return Knobs(mp, max(ok) if ok else 1)
+    if mp <= 2:  # whole chunks per task where possible: one stream of weights each
+        ok = [d for d in _divisors(tiles) if d <= 8 and tiles // d >= want] or [1]
+        return Knobs(mp, max([d for d in ok if d % ILV == 0] or ok))
     nt = 1 if act == "float" else max(d for d in _divisors(tiles) if d <= 4)
     mt = max(d for d in _divisors(mp) if d * nt * PLANES[act] <= (8 if act == "float" else 16))
     while nt > 1 and (tiles // nt) * (mp // mt) < want:

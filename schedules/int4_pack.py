@@ -7,6 +7,11 @@ holds ``u[i, j]`` in its low nibble and ``u[i, 4 + j]`` in its high one. One 64-
 unpacks with ``& 0x0F`` and ``>> 4`` alone (no shuffles) into two 16 x 4 operands, each exactly
 what one ``vpdpbusd`` multiplies lane by lane (and, seen as 16 int32 lanes, each lane holds one
 output's 8 values: shifts by ``8 * j + 4 * h`` and ``& 15`` unpack them for float arithmetic).
+
+Tiles come in chunks of :data:`ILV` (64 outputs) whose 64-byte blocks are interleaved step by
+step, so a chunk's weights are one contiguous stream over all of ``k`` (a matrix-vector product
+streams from memory; separate per-tile streams 32 KB apart ran at a third of the bandwidth on
+4 KB pages, depending on where the pages fell). The scales are interleaved the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 LANES = 16  # outputs per tile: one 512-bit vector of int32 / float32
 STEP = 8  # reductions per tile: 4 in the low nibbles, 4 in the high ones
 GROUPS = (32, 64, 128)
+ILV = 4  # tiles per interleaved chunk
 
 
 @dataclass(frozen=True)
@@ -28,9 +34,10 @@ class Int4Weight:
     ----------
     shape : ``(n, k)`` of the weight (padding not included).
     group : reductions per scale.
-    packed : uint8 ``(Np / 16, Kp / 8, 16, 4)``; ``Np`` is ``n`` up to whole tiles, ``Kp`` is
-        ``k`` up to whole groups (padding holds ``u = 8``, i.e. zero).
-    scales : float32 ``(Np / 16, Kp / group, 16)``; zero on padded outputs.
+    packed : uint8 ``(Np / 64, Kp / 8, 4, 16, 4)``: chunk, step, tile in the chunk, lane, byte;
+        ``Np`` is ``n`` up to whole chunks, ``Kp`` is ``k`` up to whole groups (padding holds
+        ``u = 8``, i.e. zero).
+    scales : float32 ``(Np / 64, Kp / group, 4, 16)``; zero on padded outputs.
     """
 
     shape: tuple[int, int]
@@ -60,15 +67,16 @@ class Int4Weight:
                              f"and group {group}, got {scales.shape}")
         if codes.min() < -8 or codes.max() > 7:
             raise ValueError(f"int4 codes must lie in [-8, 7], got [{codes.min()}, {codes.max()}]")
-        np_, kp = -(-n // LANES) * LANES, ng * group
+        chunk = ILV * LANES
+        np_, kp = -(-n // chunk) * chunk, ng * group
         u = np.full((np_, kp), 8, np.uint8)
         u[:n, :k] = codes.astype(np.int16) + 8
-        # (tile, lane, step, half, j) -> (tile, step, lane, j): low half | high half << 4
-        t = u.reshape(np_ // LANES, LANES, kp // STEP, 2, 4).transpose(0, 2, 1, 3, 4)
-        packed = t[..., 0, :] | (t[..., 1, :] << 4)
+        # (chunk, tile, lane, step, half, j) -> (chunk, step, tile, lane, half, j)
+        t = u.reshape(np_ // chunk, ILV, LANES, kp // STEP, 2, 4).transpose(0, 3, 1, 2, 4, 5)
+        packed = t[..., 0, :] | (t[..., 1, :] << 4)  # low half | high half << 4
         s = np.zeros((np_, ng), np.float32)
         s[:n] = scales
-        s = s.reshape(np_ // LANES, LANES, ng).transpose(0, 2, 1)
+        s = s.reshape(np_ // chunk, ILV, LANES, ng).transpose(0, 3, 1, 2)
         return cls((n, k), group, np.ascontiguousarray(packed, np.uint8),
                    np.ascontiguousarray(s))
 
@@ -76,14 +84,14 @@ class Int4Weight:
         """The int8 codes ``(n, k)`` back from the packed nibbles."""
         n, k = self.shape
         lo, hi = self.packed & 15, self.packed >> 4
-        t = np.stack([lo, hi], axis=3)  # (tile, step, lane, half, j)
-        u = t.transpose(0, 2, 1, 3, 4).reshape(t.shape[0] * LANES, -1)
+        t = np.stack([lo, hi], axis=4)  # (chunk, step, tile, lane, half, j)
+        u = t.transpose(0, 2, 3, 1, 4, 5).reshape(t.shape[0] * ILV * LANES, -1)
         return (u[:n, :k].astype(np.int16) - 8).astype(np.int8)
 
     def group_scales(self) -> np.ndarray:
         """The float32 scales ``(n, ceil(k / group))``."""
         n, k = self.shape
-        s = self.scales.transpose(0, 2, 1).reshape(-1, self.scales.shape[1])
+        s = self.scales.transpose(0, 2, 3, 1).reshape(-1, self.scales.shape[1])
         return s[:n, : -(-k // self.group)]
 
     def to_dense(self) -> np.ndarray:

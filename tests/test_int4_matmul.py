@@ -11,6 +11,7 @@ from tvm import relax, s_tir
 from squeezer.passes.graph.int4_weights import int4_weights
 from squeezer.schedules import default_schedule_pass
 from squeezer.schedules.int4_matmul import (
+    ILV,
     LANES,
     Int4Weight,
     has_vnni,
@@ -103,22 +104,23 @@ def unpack_sums(y: np.ndarray, m: int, n: int) -> np.ndarray:
 
 
 def test_packing_layout_and_round_trip():
-    w = int4_weight(37, 75, 32)
-    codes = w.codes()
-    assert codes.shape == (37, 75) and codes.min() >= -8 and codes.max() <= 7
-    assert w.packed.shape == (3, 96 // 8, LANES, 4) and w.scales.shape == (3, 3, LANES)
-    # byte j of a 16 x 8 tile: value (lane i, k j) low, (lane i, k 4 + j) high
-    u = np.full((48, 96), 8, np.int64)
-    u[:37, :75] = codes.astype(np.int64) + 8
-    t, s, i, j = 2, 9, 4, 3
-    byte = int(w.packed[t, s, i, j])
-    assert byte & 15 == u[16 * t + i, 8 * s + j] and byte >> 4 == u[16 * t + i, 8 * s + 4 + j]
-    assert np.all(w.scales[2, :, 5:] == 0), "padded outputs have zero scales"
-    again = Int4Weight.from_codes(codes, w.group_scales(), 32)
-    np.testing.assert_array_equal(again.packed, w.packed)
-    dense = w.to_dense()
-    s_full = np.repeat(w.group_scales(), 32, axis=1)[:, :75]
-    np.testing.assert_array_equal(dense, codes.astype(np.float32) * s_full)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-8, 8, (75, 75)).astype(np.int8)
+    scales = rng.uniform(0.01, 0.1, (75, 3)).astype(np.float32)
+    w = Int4Weight.from_codes(codes, scales, 32)
+    # 75 outputs -> 2 chunks of 4 tiles of 16; k 75 -> 96 (3 groups of 32), 12 steps of 8
+    assert w.packed.shape == (2, 12, ILV, LANES, 4) and w.scales.shape == (2, 3, ILV, LANES)
+    u = np.full((128, 96), 8, np.int64)  # padding is u = 8, the code 0
+    u[:75, :75] = codes.astype(np.int64) + 8
+    for c, s, t, i, j in [(0, 0, 0, 0, 0), (1, 9, 0, 10, 3), (0, 11, 3, 15, 2), (1, 4, 2, 1, 1)]:
+        byte, row = int(w.packed[c, s, t, i, j]), 64 * c + 16 * t + i
+        # byte j of a tile: value (lane i, k 8s + j) low, (lane i, k 8s + 4 + j) high
+        assert byte & 15 == u[row, 8 * s + j] and byte >> 4 == u[row, 8 * s + 4 + j]
+        assert w.scales[c, s % 3, t, i] == (scales[row, s % 3] if row < 75 else 0)
+    np.testing.assert_array_equal(w.codes(), codes)
+    np.testing.assert_array_equal(w.group_scales(), scales)
+    s_full = np.repeat(scales, 32, axis=1)[:, :75]
+    np.testing.assert_array_equal(w.to_dense(), codes.astype(np.float32) * s_full)
     assert w.nbytes == w.packed.nbytes + w.scales.nbytes
 
 
@@ -243,7 +245,8 @@ def test_pass_rewrites_int4_and_leaves_others():
     assert [e["reason"] for e in log] == [f"int4 group 32, {ACT} activations",
                                           "binary weights: left to the bit kernels"]
     assert log[0]["op"] == "matmul" and log[0]["where"] == "matmul (2, 70) x 70x24"
-    assert log[0]["bytes"] < log[0]["float_bytes"] / 3
+    # 24 outputs padded to a chunk of 64, k 70 to 96: nibbles plus one scale per group
+    assert log[0]["bytes"] == 64 * 96 // 2 + 64 * 3 * 4 and log[0]["float_bytes"] == 24 * 70 * 4
 
 
 def test_pass_numerics_through_the_pipeline():
