@@ -119,3 +119,21 @@ def test_bad_scales_are_named():
     with pytest.raises(SqueezerError, match=r"\(dequantize\): dequantize scale must be finite "
                                             r"and > 0, got nan"):
         squeezer.compile(qdq_net(nan_scale=True), (x,), verify=False)
+
+
+def test_a_quantized_pt2_file_compiles_in_a_fresh_process(tmp_path):
+    """``torch.export.load`` needs the QDQ ops registered: a new process (the CLI) must do it
+    before loading, or the file reads as corrupt."""
+    import subprocess
+    import sys
+
+    import torch
+
+    path = tmp_path / "q.pt2"
+    torch.export.save(torch.export.export(qdq_net(), (torch.randn(1, 3, 6, 6),)), str(path))
+    out = tmp_path / "q.sqz"
+    cmd = [sys.executable, "-m", "squeezer.cli", "compile", str(path), "-o", str(out),
+           "--threads", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert out.stat().st_size > 0

@@ -52,6 +52,8 @@ def import_torch(module, example_inputs) -> Imported:
 def import_pt2(path: Path) -> Imported:
     """Import a file written by ``torch.export.save``."""
     import torch
+    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers the QDQ ops a quantized
+    # model's graph calls: loading fails without them
 
     try:
         ep = torch.export.load(str(path))
