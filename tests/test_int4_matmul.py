@@ -270,6 +270,19 @@ def test_pass_numerics_through_the_pipeline():
     assert np.all(np.abs(y - ref) <= rounding_bound(x, w, ACT))
 
 
+def test_dynamic_input_stays_float_and_is_reported():
+    n = tvm.tirx.Var("n", "int64")
+    mod = linear_module(int4_weight(16, 32, 32).to_dense(), np.zeros(16, np.float32), (n, 32))
+    log: list[dict] = []
+    fallback: list[dict] = []
+    with TARGET:
+        out = int4_weights(log, float_fallback=fallback)(mod)
+    assert not [gv for gv, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert fallback == [{"op": "matmul", "where": "matmul ? x 32x16", "reason":
+                         "int4 weights kept float: the input needs a static float32 shape"}]
+    assert log[0]["kernel"] == "float" and log[0]["format"] == "int4"
+
+
 def test_quantized_activations_need_vnni():
     avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
     mod = linear_module(int4_weight(16, 32, 32).to_dense(), np.zeros(16, np.float32), (1, 32))

@@ -37,7 +37,7 @@ def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.trans
         relax.transform.FoldBatchnormToConv2D(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
-        int4_weights(),
+        int4_weights(float_fallback=float_fallback),
         binarize(float_fallback=float_fallback),
         sparsify_weights(),
         relax.transform.CanonicalizeBindings(),

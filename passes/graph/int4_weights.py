@@ -10,12 +10,14 @@ power-of-two weights are left for the bit kernels even though their values also 
 The weight becomes two constants, packed nibbles and per-group scales
 (:class:`squeezer.schedules.int4_matmul.Int4Weight`), so the artifact stores it at about half a
 byte per value. Bias and activation that follow are fused into the kernel's epilogue by
-``FuseOps`` (the kernel is output-elementwise-fusable).
+``FuseOps`` (the kernel is output-elementwise-fusable). Each low-bit weight met is logged as
+``{"op", "where", "reason", "kernel", "format", ...}``; an int4 layer left as a float matmul
+(an input without a static shape) also goes to ``float_fallback``.
 
 Activations (``act``): ``"int16"`` quantizes them per row inside the kernel to 15 bits, split
 in two int8 planes multiplied with VNNI (``vpdpbusd``): the results differ from the float
-product by about 1e-4 of the largest output. ``"int8"`` uses one plane (half the multiplies):
-about 0.5 %, more than the compiler's verification tolerance (1e-3 of the largest output) allows.
+product by under 1e-4 of the largest output. ``"int8"`` uses one plane (half the multiplies):
+about 0.7 %, more than the compiler's verification tolerance (1e-3 of the largest output) allows.
 ``"float"`` multiplies the float activations with the unpacked weights (float rounding only; no
 VNNI needed, more instructions per weight). ``"auto"`` (default) is ``"int16"`` on AVX512-VNNI
 targets and ``"float"`` elsewhere.
@@ -53,10 +55,12 @@ def _static_shape(expr: relax.Expr) -> list[int] | None:
 
 @expr_functor.mutator
 class _Int4(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, act: str, log: list[dict]):
+    def __init__(self, mod: tvm.IRModule, act: str, log: list[dict],
+                 float_log: list[dict] | None):
         super().__init__(mod)
         self.act = act
         self.log = log
+        self.float_log = float_log
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -69,6 +73,8 @@ class _Int4(PyExprMutator):
 
     def _note(self, where: str, reason: str, **extra) -> None:
         self.log.append({"op": "matmul", "where": where, "reason": reason, **extra})
+        if self.float_log is not None and extra.get("kernel") == "float":
+            self.float_log.append({"op": "matmul", "where": where, "reason": reason})
 
     def _matmul(self, call: relax.Call) -> relax.Expr | None:
         x, w = call.args
@@ -89,22 +95,24 @@ class _Int4(PyExprMutator):
         if fmt is None:
             return None  # an ordinary float weight: nothing to say
         if fmt.kind != "int4":
-            self._note(where, f"{fmt.kind} weights: left to the bit kernels")
+            self._note(where, f"{fmt.kind} weights: left to the bit kernels", format=fmt.kind)
             return None
         if xs is None or len(xs) < 1 or x.ty.dtype != "float32":
-            self._note(where, "int4 weights kept float: the input needs a static float32 shape")
+            self._note(where, "int4 weights kept float: the input needs a static float32 shape",
+                       kernel="float", format="int4")
             return None
         iw = Int4Weight.from_codes(fmt.codes, fmt.scales, fmt.group)
         func = int4_matmul_func(tuple(xs), iw, self.act)
         gv = self.builder_.add_func(func, "int4_matmul")
-        self._note(where, f"int4 group {fmt.group}, {self.act} activations", format="int4",
+        self._note(where, f"int4 group {fmt.group}, {self.act} activations",
+                   kernel="int4_matmul", format="int4",
                    group=fmt.group, act=self.act, bytes=iw.nbytes, float_bytes=weight.nbytes)
         return relax.call_tir(gv, [x, relax.const(iw.packed), relax.const(iw.scales)],
                               out_ty=relax.TensorType((*xs[:-1], n), "float32"))
 
 
-def int4_weights(log: list[dict] | None = None, act: Activations = "auto"
-                 ) -> tvm.transform.Pass:
+def int4_weights(log: list[dict] | None = None, act: Activations = "auto",
+                 float_fallback: list[dict] | None = None) -> tvm.transform.Pass:
     """The pass: matmuls with int4-per-group constant weights to ``int4_matmul``.
 
     Parameters
@@ -113,6 +121,8 @@ def int4_weights(log: list[dict] | None = None, act: Activations = "auto"
         values: rewritten (with group, activations and bytes) or left alone, and why.
     act : ``"int16"`` or ``"int8"`` (need AVX512-VNNI in the current target), ``"float"``, or
         ``"auto"`` (``"int16"`` where the target has VNNI, else ``"float"``).
+    float_fallback : optional; receives ``{"op", "where", "reason"}`` for each int4 layer that
+        stays a float matmul (the compile report's table).
 
     Raises
     ------
@@ -132,7 +142,7 @@ def int4_weights(log: list[dict] | None = None, act: Activations = "auto"
         if mode != "float" and not vnni:
             raise ValueError(f"int4_weights: act={mode!r} needs an AVX512-VNNI target, got "
                              f"{target}")
-        rewriter = _Int4(mod, mode, entries)
+        rewriter = _Int4(mod, mode, entries, float_fallback)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
