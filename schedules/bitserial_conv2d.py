@@ -318,7 +318,7 @@ def schedule_conv(sch: s_tir.Schedule, rows, vecs, target: Target) -> None:
     to, tv, tl = sch.split(t, [None, vecs, lanes])
     sch.reorder(n, ro, j, to, kh, kw, cw, ri, tv, tl)
     tile = sch.cache_write(acc, 0, "local")
-    sch.reverse_compute_at(tile, to)
+    sch.reverse_compute_at(tile, to, preserve_unit_loops=True)
     task = sch.fuse(n, ro)
     epi = sch.get_sblock("epilogue")
     n_, o_ = sch.get_loops(epi)[:2]

@@ -76,7 +76,9 @@ def bitserial_dense_func(m: int, k: int, n: int, planes: int, act: ActBits,
     out = te.compute((i64(m), i64(n)), epilogue, name="epilogue")
     params = [x, wb, alpha, out] if act.bipolar else [x, wb, alpha, wpc, out]
     func = te.create_prim_func(params)
-    return func.with_attr({"squeezer.kernel": KERNEL, "op_pattern": 4})
+    # the caller names it (BlockBuilder.add_func, or a module key)
+    func = func.with_attr({"squeezer.kernel": KERNEL, "op_pattern": 4})
+    return func.without_attr("global_symbol")
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def schedule_dense(sch: s_tir.Schedule, rows, vecs, target: Target) -> None:
     qo, qv, ql = sch.split(q, [None, vecs, lanes])
     sch.reorder(io, qo, w, j, ii, qv, ql)
     tile = sch.cache_write(acc, 0, "local")
-    sch.reverse_compute_at(tile, qo)
+    sch.reverse_compute_at(tile, qo, preserve_unit_loops=True)
     task = sch.fuse(io, qo)
     sch.vectorize(sch.get_loops(tile)[-1])
     sch.unroll(j)
