@@ -53,7 +53,8 @@ def _finish(params: list, out_shape, value, index) -> tirx.PrimFunc:
                      name="decode")
     func = te.create_prim_func([*params, out])
     # opaque: nothing is fused into or around it (it runs once per call, before the layer)
-    return func.with_attr({"squeezer.kernel": KERNEL, "op_pattern": 8})
+    func = func.with_attr({"squeezer.kernel": KERNEL, "op_pattern": 8})
+    return func.without_attr("global_symbol")
 
 
 def _bit(word_buf, plane, row, k, word_bits: int):
