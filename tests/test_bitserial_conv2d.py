@@ -149,3 +149,22 @@ def test_pack_bits_round_trip():
         # element 0 is bit 0 of word 0 (little-endian), bits past the end are zero
         assert int(packed[0, 0, -1]) >> (77 - (77 // wbits) * wbits) == 0
     assert int(pack_bits(np.array([True] + [False] * 63))[0]) == 1
+
+
+def test_space_traces_replay_with_every_decision():
+    """MetaSchedule replays the space's trace with mutated decisions: every tile must apply."""
+    geo = ConvGeometry(1, 45, 6, 6, 6, 3, 3, 1, 1, 1, 64)
+    func = bitserial_conv2d_func(geo, 1, ActBits("binary")).with_attr("global_symbol", "main")
+    mod = tvm.IRModule({"main": func})
+    sch = s_tir.Schedule(mod)
+    with TARGET:
+        bitserial_conv2d_space(sch)
+    trace = sch.trace
+    samples = [i for i in trace.insts if i.kind.name == "SampleCategorical"]
+    assert len(samples) == 2  # rows, then pixel vectors
+    for inst in samples[:1]:  # rows: a tile of one row leaves unit loops
+        for choice in range(len(inst.attrs[0])):
+            replay = s_tir.Schedule(mod)
+            trace.with_decision(inst, choice, remove_postproc=True).apply_to_schedule(
+                replay, remove_postproc=True)
+            assert replay.mod.script() != mod.script()
