@@ -346,13 +346,14 @@ def test_int4_kernel_is_tuned_and_the_record_applied(tmp_path):
     (task,) = [t for t in result.tasks if t.kernel == "int4_matmul"]
     assert task.trials > 0 and task.best_seconds is not None and task.best_seconds < 1.0
     compiled = squeezer.compile(model, (x.numpy(),), threads=2, records=[tmp_path])
-    kernels = {k["name"]: k for k in compiled.manifest["tuning"]["kernels"]}
-    assert any("int4_matmul" in name and k["tuned"] for name, k in kernels.items()), kernels
-
-
-def test_default_schedule_is_parallel_when_worth_it():
-    big = int4_matmul_func((2, 1024), int4_weight(512, 1024, 128), "float")
-    small = int4_matmul_func((1, 64), int4_weight(16, 64, 64), "float")
-    scripts = [default_schedule_pass(TARGET)(tvm.IRModule({"main": f})).script()
-               for f in (big, small)]
-    assert "T.parallel" in scripts[0] and "T.parallel" not in scripts[1]
+    (row,) = [k for k in compiled.manifest["tuning"]["kernels"] if "int4_matmul" in k["name"]]
+    assert row["default_seconds"] is not None, "the compile did not find the task's records"
+    # the record replaces the default schedule exactly when it measured faster
+    assert row["tuned"] == (task.best_seconds < row["default_seconds"]), (row, task)
+    got = compiled(x.numpy())
+    got = got[0] if isinstance(got, list | tuple) else got
+    want = model(x).detach().numpy()
+    w0 = model[0].weight.detach().numpy()
+    # relu then the float second layer: the first layer's rounding bound, times |W1| row sums
+    bound = rounding_bound(x.numpy(), w0, ACT) @ np.abs(model[2].weight.detach().numpy()).T
+    assert np.all(np.abs(got - want) <= bound + 1e-4)
