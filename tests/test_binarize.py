@@ -157,6 +157,26 @@ def test_power_of_two_and_int4_convolutions_are_decoded():
         np.testing.assert_array_equal(run(new, x), run(bb_mod, x))
 
 
+def test_a_weight_used_twice_is_stored_once():
+    """HORQ input planes: two products share one weight, and its packed constants."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 20, 8, 8), "float32"))
+    w = relax.const(W_CONV)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y1 = bb.emit(relax.op.nn.conv2d(bb.emit(where_ge(x)), w, padding=(1, 1)))
+            r = bb.emit(relax.op.subtract(x, relax.const(0.5)))
+            y2 = bb.emit(relax.op.nn.conv2d(bb.emit(where_ge(r)), w, padding=(1, 1)))
+            out = bb.emit_output(bb.emit(relax.op.add(y1, y2)))
+        bb.emit_func_output(out)
+    new, log, _ = rewrite(bb.get())
+    calls = [b.value for blk in new["main"].body.blocks for b in blk.bindings
+             if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"]
+    assert len(calls) == 2 and len(log) == 2
+    weights = [c.args[1].fields[1] for c in calls]
+    assert weights[0].same_as(weights[1])
+
+
 def test_float_weights_and_int4_matmuls_are_left_alone():
     w = RNG.standard_normal((50, 10)).astype(np.float32)
     new, log, _ = rewrite(matmul_module(None, w))

@@ -31,6 +31,7 @@ Every decision is appended to ``log`` as ``{"op", "where", "reason", "kernel", "
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -99,6 +100,10 @@ def _op(expr: relax.Expr) -> str | None:
     return None
 
 
+def _nbytes(consts: list[relax.Expr]) -> int:
+    return sum(int(c.value.numpy().nbytes) for c in consts)
+
+
 def word_bits_for(k: int) -> int:
     """32-bit words when they pad ``k`` bits less than 64-bit words do (same popcount work)."""
     return 32 if -(-k // 32) * 32 < -(-k // 64) * 64 else 64
@@ -110,6 +115,15 @@ class _Binarize(PyExprMutator):
         super().__init__(mod)
         self.log = log
         self.float_log = float_log
+        # one packed copy per weight: HORQ's input planes (and shared layers) reuse a weight
+        self.formats: dict[tuple, WeightFormat | None] = {}
+        self.consts: dict[tuple, list[relax.Expr]] = {}
+
+    def _packed(self, key: tuple, arrays) -> list[relax.Expr]:
+        """The constants for ``key``, made once from ``arrays()``."""
+        if key not in self.consts:
+            self.consts[key] = [relax.const(np.ascontiguousarray(a)) for a in arrays()]
+        return self.consts[key]
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -167,10 +181,16 @@ class _Binarize(PyExprMutator):
         return None
 
     # -- operators -----------------------------------------------------------------------------
+    def _detect(self, w: np.ndarray, formats) -> WeightFormat | None:
+        key = (hashlib.sha1(w.tobytes()).hexdigest(), w.shape, formats)
+        if key not in self.formats:
+            self.formats[key] = detect(w, formats=formats)
+        return self.formats[key]
+
     def _weight(self, w: relax.Expr, formats) -> WeightFormat | None:
         if not _is_const(w) or str(w.value.dtype) != "float32":
             return None
-        return detect(w.value.numpy(), formats=formats)
+        return self._detect(w.value.numpy(), formats)
 
     def _conv(self, call: relax.Call) -> relax.Expr | None:
         x, w = call.args
@@ -223,14 +243,14 @@ class _Binarize(PyExprMutator):
         geo = ConvGeometry(xs[0], c, xs[2], xs[3], o, kh, kw, int(a.strides[0]), pad[0],
                            pad[1], wbits)
         bits = fmt.bits.reshape(fmt.planes, o, c, kh, kw)
-        wb = conv_weight_words(bits, wbits)
-        alpha = alphas_for_conv(fmt.alpha)
+        consts = self._packed(("conv", id(fmt), wbits), lambda: (
+            conv_weight_words(bits, wbits), alphas_for_conv(fmt.alpha)))
         gv = self.builder_.add_func(bitserial_conv2d_func(geo, fmt.planes, act),
                                     "bitserial_conv2d")
         self._note("conv2d", where, f"{fmt.kind} weights ({fmt.planes} plane(s)), {act.kind} "
-                   "input", "bitserial_conv2d", fmt.kind, ws, wb.nbytes + alpha.nbytes)
+                   "input", "bitserial_conv2d", fmt.kind, ws, _nbytes(consts))
         out = relax.TensorType((xs[0], o, geo.oh, geo.ow), "float32")
-        return relax.call_tir(gv, [src, relax.const(wb), relax.const(alpha)], out_ty=out)
+        return relax.call_tir(gv, [src, *consts], out_ty=out)
 
     def _matmul(self, call: relax.Call) -> relax.Expr | None:
         x, w = call.args
@@ -241,7 +261,7 @@ class _Binarize(PyExprMutator):
             return None
         k, n = ws
         weight = np.ascontiguousarray(w.value.numpy().T)  # (N, K): rows are outputs
-        fmt = detect(weight, formats=("binary", "ternary", "residual", "pow2"))
+        fmt = self._detect(weight, ("binary", "ternary", "residual", "pow2"))
         enc = self._encoding(x)
         where = f"matmul {tuple(xs)} x {k}x{n}"
         if fmt is None:
@@ -261,14 +281,13 @@ class _Binarize(PyExprMutator):
         m = math.prod(xs[:-1])
         wbits = word_bits_for(k)
         src2 = src if len(xs) == 2 else self.builder_.emit(relax.op.reshape(src, (m, k)))
-        wb = dense_weight_words(fmt.bits, wbits)
-        alpha = alphas_for_dense(fmt.alpha)
-        args = [src2, relax.const(wb), relax.const(alpha)]
-        if not act.bipolar:
-            args.append(relax.const(dense_weight_popcounts(fmt.bits)))
+        consts = self._packed(("dense", id(fmt), wbits), lambda: (
+            dense_weight_words(fmt.bits, wbits), alphas_for_dense(fmt.alpha),
+            dense_weight_popcounts(fmt.bits)))
+        args = [src2, *consts[:2]] if act.bipolar else [src2, *consts]
         gv = self.builder_.add_func(bitserial_dense_func(m, k, n, fmt.planes, act, wbits),
                                     "bitserial_dense")
-        stored = sum(int(c.value.numpy().nbytes) for c in args[1:])
+        stored = _nbytes(args[1:])
         self._note("matmul", where, f"{fmt.kind} weights ({fmt.planes} plane(s)), {act.kind} "
                    "input", "bitserial_dense", fmt.kind, [k, n], stored)
         y = relax.call_tir(gv, args, out_ty=relax.TensorType((m, n), "float32"))
@@ -284,20 +303,21 @@ class _Binarize(PyExprMutator):
         if isinstance(fmt, BitPlanes):
             wbits = word_bits_for(fmt.bits.shape[2])
             func = bitdecode.planes_decode_func(shape, fmt.planes, xs, rows_last, wbits)
-            consts = [pack_bits(fmt.bits, wbits), np.asarray(fmt.alpha, np.float32)]
+            arrays = (pack_bits(fmt.bits, wbits), np.asarray(fmt.alpha, np.float32))
         elif isinstance(fmt, Pow2Codes):
             codes = fmt.codes.reshape(fmt.codes.shape[0], -1)
             func = bitdecode.pow2_decode_func(shape, fmt.e_min, xs, rows_last)
-            consts = [bitdecode.pow2_codes_planes(codes)]
+            arrays = (bitdecode.pow2_codes_planes(codes),)
         else:
             assert isinstance(fmt, Int4Groups)
             func = bitdecode.int4_decode_func(shape, fmt.group, xs, rows_last)
-            consts = [bitdecode.int4_nibbles(fmt.codes), fmt.scales]
+            arrays = (bitdecode.int4_nibbles(fmt.codes), fmt.scales)
+        consts = self._packed(("decode", id(fmt)), lambda: arrays)
         gv = self.builder_.add_func(func, f"decode_{fmt.kind}")
-        stored = sum(int(c.nbytes) for c in consts)
+        stored = _nbytes(consts)
         self._note(op, where, f"{fmt.kind} weights, {reason}: stored packed, decoded per call",
                    DECODED, fmt.kind, ws, stored)
-        args = [relax.const(np.ascontiguousarray(c)) for c in consts] + [x]
+        args = [*consts, x]
         return self.builder_.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(
             shape, "float32")))
 
