@@ -35,7 +35,7 @@ from tvm.relax import PyExprMutator, expr_functor
 
 from squeezer.schedules.int4_matmul import Int4Weight, has_vnni, int4_matmul_func
 
-from .weight_formats import as_int4, detect
+from .weight_formats import Int4Groups, as_int4, detect
 
 Activations = Literal["auto", "int8", "int16", "float"]
 PROBE_ROWS = 8
@@ -94,7 +94,7 @@ class _Int4(PyExprMutator):
         fmt = detect(weight)
         if fmt is None:
             return None  # an ordinary float weight: nothing to say
-        if fmt.kind != "int4":
+        if not isinstance(fmt, Int4Groups):
             self._note(where, f"{fmt.kind} weights: left to the bit kernels", format=fmt.kind)
             return None
         if xs is None or len(xs) < 1 or x.ty.dtype != "float32":
