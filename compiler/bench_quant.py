@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +56,7 @@ class QuantResult:
     param_bytes_fp32: int | None = None  # parameters as the method stores them (compress report)
     param_bytes_quant: int | None = None
     float_ops: int | None = None  # len(float_fallback) of the compiled manifest
-    float_fallback: list[str] = field(default_factory=list)  # "op: reason (count)"
+    float_fallback: list[dict[str, str]] = field(default_factory=list)  # op, where, reason
     warnings: list[str] = field(default_factory=list)  # the method's warnings (compress log)
     compress_s: float | None = None
     error: str = ""
@@ -79,12 +78,6 @@ def compiled_predictions(compiled, x: np.ndarray) -> np.ndarray:
 
 def _artifact_bytes(compiled, tmp: Path, name: str) -> int:
     return compiled.save(tmp / f"{name}.sqz").stat().st_size
-
-
-def _fallback_summary(compiled) -> tuple[int, list[str]]:
-    entries = compiled.manifest.get("float_fallback") or []
-    counts = Counter(f"{e.get('op', '?')}: {e.get('reason', '?')}" for e in entries)
-    return len(entries), [f"{k} ({n})" if n > 1 else k for k, n in counts.items()]
 
 
 def _warnings(log: tuple[str, ...]) -> list[str]:
@@ -132,7 +125,8 @@ def quant_row(b: Bench, fp32: Fp32Model, method: QuantMethodCase, digits, tmp: P
         return res
     if "failed" in note:
         res.notes.append(note)
-    res.float_ops, res.float_fallback = _fallback_summary(compiled)
+    res.float_fallback = list(compiled.manifest.get("float_fallback") or [])
+    res.float_ops = len(res.float_fallback)
     try:
         pred = compiled_predictions(compiled, digits.x_test)
         with torch.no_grad():

@@ -2,8 +2,8 @@
 
 Every row is a recipe as a user would write it, with the settings and training budgets that the
 accuracy tests of ``tests/test_quantize_*.py`` found to work on the digits: post-training int8
-(min-max and KL calibration) and the dynamic tree 8-bit weights without training, the other
-methods with a few epochs of quantization-aware training.
+(min-max, percentile and KL calibration) and the dynamic tree 8-bit weights without training,
+the other methods with a few epochs of quantization-aware training.
 
 The MLP puts batch norm and hardtanh before every hidden layer, as the BNN and XNOR-Net papers
 do: a binarized input read after a ReLU is +1 everywhere (``sign`` of a non-negative tensor), so
@@ -55,9 +55,10 @@ class QuantModelCase(ModelCase):
 class QuantMethodCase:
     """One row per model: ``recipe`` (the method entry first).
 
-    ``weights`` and ``activations`` describe the bits the compiled layers compute with, as
-    printed (``8``, ``4 (g32)``, ``1``, ``2x1`` for two residual binary planes, ``32`` for
-    float). ``ptq``: no training after quantization (the goal's int8 rows).
+    ``weights`` and ``activations`` are the bits the quantized layers compute with, as printed
+    (``8``, ``4``, ``1``, ``2x1`` for two residual binary planes, ``32`` for float; the label
+    names the format: ternary, powers of two, the dynamic tree code). ``ptq``: no training
+    after quantization (the goal's int8 rows).
     """
 
     label: str
@@ -77,24 +78,26 @@ class QuantMethodCase:
 
 INT8_MINMAX = QuantMethodCase("int8 ptq minmax", ({"method": "int8", "calibration": "minmax"},),
                               "8", "8", ptq=True)
+INT8_PERCENTILE = QuantMethodCase(
+    "int8 ptq percentile", ({"method": "int8", "calibration": "percentile"},), "8", "8", ptq=True)
 INT8_KL = QuantMethodCase("int8 ptq kl", ({"method": "int8", "calibration": "kl"},), "8", "8",
                           ptq=True)
 INT8_QAT = QuantMethodCase("int8 qat", ({"method": "int8", "epochs": 3},), "8", "8")
 INT4_QAT = QuantMethodCase("int4 qat g32", ({"method": "int4", "group_size": 32, "epochs": 3},),
-                           "4 (g32)", "8")
+                           "4", "8")
 DYNAMIC8 = QuantMethodCase(
     "dynamic8 (row)", ({"method": "dynamic8", "tensors": {"*": {"granularity": "row"}}},),
-    "8 (tree)", "32")
-TWN = QuantMethodCase("twn", ({"method": "twn", "epochs": 4},), "2 (ternary)", "32")
+    "8", "32")
+TWN = QuantMethodCase("twn", ({"method": "twn", "epochs": 4},), "2", "32")
 BWN = QuantMethodCase("bwn", ({"method": "bwn", "epochs": 4},), "1", "32")
 XNOR = QuantMethodCase("xnor", ({"method": "xnor", "epochs": 3},), "1", "1")
 BNN = QuantMethodCase("bnn", ({"method": "bnn", "epochs": 3},), "1", "1")
 HORQ2 = QuantMethodCase("horq order 2", ({"method": "horq", "order": 2, "epochs": 3},), "2x1",
                         "2x1")
-INQ5 = QuantMethodCase("inq 5-bit", ({"method": "inq", "bits": 5, "epochs": 6},), "5 (pow2)", "32")
+INQ5 = QuantMethodCase("inq 5-bit", ({"method": "inq", "bits": 5, "epochs": 6},), "5", "32")
 
-ALL_METHODS = (INT8_MINMAX, INT8_KL, INT8_QAT, INT4_QAT, DYNAMIC8, TWN, BWN, XNOR, BNN, HORQ2,
-               INQ5)
+ALL_METHODS = (INT8_MINMAX, INT8_PERCENTILE, INT8_KL, INT8_QAT, INT4_QAT, DYNAMIC8, TWN, BWN,
+               XNOR, BNN, HORQ2, INQ5)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ the torch model does (within one image)."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 
 from squeezer.bench_prune_report import DISTURBED, _goal, _kb, _ms, _pct, _table
@@ -50,43 +52,55 @@ def evaluate_goals(results: Sequence) -> list[dict]:
 
 
 def _note(r) -> str:
-    parts = [f"float: {f}" for f in r.float_fallback[:2]]
-    if len(r.float_fallback) > 2:
-        parts.append(f"... {len(r.float_fallback) - 2} more kinds")
+    """Operators left in float by kind, the method's first warning (layer names elided), the
+    error: the JSON has every fallback with its node and reason, and every warning."""
+    parts = []
+    if r.float_fallback:
+        ops = Counter(e.get("op", "?") for e in r.float_fallback)
+        reasons = Counter(e.get("reason", "?") for e in r.float_fallback)
+        top, count = reasons.most_common(1)[0]
+        parts.append("left in float: " + ", ".join(f"{op} x{n}" for op, n in ops.items())
+                     + f" (x{count}: {top})")
     if r.warnings:
-        parts.append(f"{len(r.warnings)} warning(s), first: {r.warnings[0]}")
+        first = re.sub(r"'[^']*'", "'...'", r.warnings[0])
+        parts.append(f"{len(r.warnings)} warning(s), first: {first}")
     parts += r.notes
     if r.error:
-        parts.append(r.error if len(r.error) <= 160 else r.error[:157] + "...")
-    return "; ".join(p if len(p) <= 120 else p[:117] + "..." for p in parts)
+        parts.append(r.error)
+    return "; ".join(p if len(p) <= 200 else p[:197] + "..." for p in parts)
 
 
 def tables(results: Sequence, goals: Sequence[dict], threads: int,
            models: dict[str, str] | None = None, others_cpu_s: float | None = None,
            wall_s: float | None = None) -> list:
     """The rich tables: one row per method and model (``models`` describes the models in the
-    caption), then the goals (with the CPU time other
-    processes used during the run in the caption, and a warning when it is more than a few
-    percent: it skews the timings, not the accuracies)."""
+    caption); the rows' notes (operators left in float, the method's warnings, errors) when any
+    row has one; the goals (with the CPU time other processes used during the run in the
+    caption, and a warning when it is more than a few percent: it skews the timings, not the
+    accuracies)."""
     t = _table(
         f"quantization on the digits: test accuracy fp32 -> quantized (torch, and compiled); "
         f"compiled latency at batch 1, {threads} threads (median ms); .sqz artifact size",
-        ["model", "method", "bits w/a", "acc fp32", "acc quant", "acc compiled", "delta pts",
-         "fp32 ms", "quant ms", "ratio", "artifact KB", "size", "float ops", "note"],
+        ["model", "method", "bits w/a", "acc fp32", "acc quant", "acc compiled", "delta",
+         "fp32 ms", "quant ms", "ratio", "sqz KB", "size", "float"],
         "; ".join(f"{k}: {v}" for k, v in (models or {}).items())
-        + "\nbits: weights / activations the compiled layers use (32: float; 2x1: two residual "
-        "binary planes); delta: torch quantized - fp32; ratio = fp32 ms / quant ms (> 1: "
-        "faster); size = fp32 bytes / quant bytes of the .sqz files; float ops: operators the "
-        "compile left in float (manifest float_fallback)")
+        + "\nbits: weights / activations of the quantized layers (32: float; 2x1: two residual "
+        "binary planes; xnor and horq keep the first and last layer float, bnn the first "
+        "layer's input, as in the papers); delta: torch quantized - fp32 in points; "
+        "ratio = fp32 ms / quant ms (> 1: faster); size = fp32 bytes / quant bytes of the .sqz "
+        "files; float: operators the compile left in float (manifest float_fallback)")
+    notes = _table("notes", ["model", "method", "note"])
     for r in results:
-        t.add_row(r.model, r.method, f"{r.bits_weights} / {r.bits_activations}",
+        t.add_row(r.model, r.method, f"{r.bits_weights}/{r.bits_activations}",
                   _pct(r.acc_fp32), _pct(r.acc_quant), _pct(r.acc_compiled),
                   "-" if r.delta_points is None else f"{r.delta_points:+.2f}",
                   _ms(r.ms_fp32), _ms(r.ms_quant),
                   "-" if r.ratio is None else f"{r.ratio:.2f}x",
                   _kb(r.bytes_fp32, r.bytes_quant),
                   "-" if r.size_ratio is None else f"{r.size_ratio:.2f}x",
-                  "-" if r.float_ops is None else str(r.float_ops), _note(r))
+                  "-" if r.float_ops is None else str(r.float_ops))
+        if note := _note(r):
+            notes.add_row(r.model, r.method, note)
     caption = ""
     if others_cpu_s is not None and wall_s:
         caption = f"other processes used {others_cpu_s:.1f} CPU-s during this {wall_s:.0f} s run"
@@ -95,4 +109,4 @@ def tables(results: Sequence, goals: Sequence[dict], threads: int,
     g = _table("goals (issue 5)", ["goal", "target", "measured", "status", "detail"], caption)
     for goal in goals:
         g.add_row(goal["goal"], goal["target"], goal["measured"], goal["status"], goal["detail"])
-    return [t, g]
+    return [t, notes, g] if notes.row_count else [t, g]
