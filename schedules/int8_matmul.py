@@ -137,14 +137,6 @@ def int8_matmul_func(x_shape: tuple[int, ...], x_dtype: str, n: int,
     return kernel.without_attr("global_symbol")
 
 
-def kernel_ops(func: tirx.PrimFunc) -> float:
-    """Integer operations of the product (two per multiply-add), padding excluded."""
-    y = func.params[-1]
-    ybuf = func.buffer_map[y]
-    xbuf = func.buffer_map[func.params[0]]
-    return 2.0 * math.prod(int(d) for d in ybuf.shape) * int(xbuf.shape[-1])
-
-
 @dataclass(frozen=True)
 class Knobs:
     """Row tile ``mt``, column tiles per L2 chunk ``nm``, vectors per tile ``nt``."""
@@ -204,7 +196,7 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     if num_cores(target) > 1:
         sch.parallel(tile)
     unpack = sch.get_sblock("unpack")
-    sch.reverse_compute_at(unpack, nmid)
+    sch.reverse_compute_at(unpack, nmid, preserve_unit_loops=True)
     init = sch.decompose_reduction(compute, ko)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(mi)

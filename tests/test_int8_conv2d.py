@@ -125,18 +125,33 @@ def test_tuning_space_schedules_are_exact():
     isa = select_isa(TARGET)
     conv = conv_case((1, 12, 10, 10, 24, 3, 1, (1, 1, 1, 1), 2), "int8", isa, 9)
     dw = dw_case((1, 6, 13, 13, 1, 3, 1, (1, 1, 1, 1)), "uint8", isa.lanes, 9)
-    cases, traces = [], set()
+    cases, distinct = [], set()
     for space, base in ((int8_conv2d_space, conv), (int8_depthwise_space, dw)):
-        for seed in range(5):
-            sch = s_tir.Schedule(tvm.IRModule({"main": base[0]}))
-            sch.seed(seed)
+        mod, traces = tvm.IRModule({"main": base[0]}), []
+        for seed in range(1, 6):
+            sch = s_tir.Schedule(mod, seed=seed)
             with TARGET:
                 space(sch)
-            traces.add(str(sch.trace))
+            traces.append(sch.trace)
             cases.append((sch.mod["main"], base[1], base[2]))
-    assert len(traces) > 4
+        distinct |= {str(t) for t in traces}
+        replays_with_any_decisions(mod, traces)
+    assert len(distinct) > 4
     for (_, _, want), got in zip(cases, run_all(cases, TARGET, scheduled=True), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def replays_with_any_decisions(mod: tvm.IRModule, traces: list) -> None:
+    """MetaSchedule's mutators replay a trace with other decisions: every sampled trace must
+    replay with the decisions of every other one (no structure depending on a sample)."""
+    for a in traces:
+        for b in traces:
+            t = a
+            for x, y in zip([i for i in a.insts if i in a.decisions],
+                            [i for i in b.insts if i in b.decisions], strict=True):
+                t = t.with_decision(x, b.decisions[y], remove_postproc=True)
+            with TARGET:
+                t.apply_to_schedule(s_tir.Schedule(mod), remove_postproc=True)
 
 
 def test_geometry_of_strided_padded_planes():
