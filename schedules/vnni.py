@@ -204,6 +204,13 @@ def _i16_impl(lanes: int, act: str, operand: Operand):
 
 
 def _register() -> None:
+    from squeezer.tune._fastimport import fast_stack
+
+    with fast_stack():  # inspect.stack() per prim_func costs seconds with torch loaded
+        _register_all()
+
+
+def _register_all() -> None:
     for operand in ("wvec", "xvec"):
         TensorIntrin.register(_name(VNNI, "uint8", operand), _desc(16, 4, "uint8", operand),
                               _vnni_impl(operand), override=True)

@@ -11,6 +11,7 @@ is built without the source lookups. The registered intrinsics are identical (ch
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 
@@ -24,13 +25,21 @@ def _frames(frame) -> list[inspect.FrameInfo]:
     return out
 
 
-def import_tensor_intrinsics() -> None:
-    if "tvm.s_tir.tensor_intrin" in sys.modules:
-        return
+@contextlib.contextmanager
+def fast_stack():
+    """Inside the block, ``inspect.stack`` skips the source lookups (for ``@T.prim_func``
+    definitions made in bulk: squeezer's own tensor intrinsics are registered this way too)."""
     stack, outer = inspect.stack, inspect.getouterframes
     inspect.stack = lambda context=1: _frames(sys._getframe(1))  # type: ignore[assignment]
     inspect.getouterframes = lambda frame, context=1: _frames(frame)  # type: ignore[assignment]
     try:
-        import tvm.s_tir.tensor_intrin  # noqa: F401
+        yield
     finally:
         inspect.stack, inspect.getouterframes = stack, outer
+
+
+def import_tensor_intrinsics() -> None:
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    with fast_stack():
+        import tvm.s_tir.tensor_intrin  # noqa: F401
