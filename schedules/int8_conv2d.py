@@ -85,17 +85,19 @@ def int8_conv2d_func(geo: ConvGeometry, x_dtype: str, pad_value: int,
     y_shape = tuple(i64(d) for d in (n, o, oh, ow))
     pad_stored = pad_value + 128 if shift else pad_value
 
-    def load(X, vn, vg, vc, vph, vpw, vi, vj, vci):
-        r = vi * sh + vph - geo.pt
-        col = vj * sw + vpw - geo.pl
-        ch = vc * g + vci
+    strided = (sh, sw) != (1, 1)
+
+    def load(X, vn, vch, vr, vcol):
+        """The (shifted) input at padded position ``(vr, vcol)``, the pad value outside."""
+        r, col = vr - geo.pt, vcol - geo.pl
         inside = tirx.all(r >= 0, r < h, col >= 0, col < w)
-        v = X[vn, T.min(vg * cg + ch, c - 1), T.max(T.min(r, h - 1), 0),
-              T.max(T.min(col, w - 1), 0)]
+        v = X[vn, vch, T.max(T.min(r, h - 1), 0), T.max(T.min(col, w - 1), 0)]
         v = T.Cast(act, T.Cast("int32", v) + 128) if shift else v
-        # channels past the group's count meet zero weights: any value; keep zeros
-        return T.if_then_else(ch < cg, T.if_then_else(inside, v, T.Cast(act, pad_stored)),
-                              T.Cast(act, 0))
+        return T.if_then_else(inside, v, T.Cast(act, pad_stored))
+
+    def channel(vg, vc, vci):
+        # channels past the group's count meet zero weights: any value in range will do
+        return T.min(vg * cg + vc * g + vci, c - 1)
 
     @T.prim_func(s_tir=True)
     def kernel(x_h: T.handle, w_h: T.handle, c_h: T.handle, y_h: T.handle):
@@ -106,13 +108,27 @@ def int8_conv2d_func(geo: ConvGeometry, x_dtype: str, pad_value: int,
         Y = T.match_buffer(y_h, y_shape, "int32")
         X4 = T.sblock_alloc_buffer((n, groups, c4, geo.ph, geo.pw, rows * wq, g), act)
         ACC = T.sblock_alloc_buffer((n, o, qp), "int32")
-        for nn, gg, cc, pph, ppw, ii, jj, ci in T.grid(n, groups, c4, geo.ph, geo.pw, rows,
-                                                        wq, g):
-            with T.sblock("pack"):
-                vn, vg, vc, vph, vpw, vi, vj, vci = T.axis.remap(
-                    "SSSSSSSS", [nn, gg, cc, pph, ppw, ii, jj, ci])
-                X4[vn, vg, vc, vph, vpw, vi * wq + vj, vci] = load(
-                    X, vn, vg, vc, vph, vpw, vi, vj, vci)
+        if strided:
+            # padded image first, then the phase split reads it at plain strides: both
+            # loops vectorize (a clamped, strided gather does not)
+            XP = T.sblock_alloc_buffer((n, c, rows * sh, wq * sw), act)
+            for nn, ch, rr, cl in T.grid(n, c, rows * sh, wq * sw):
+                with T.sblock("pad"):
+                    vn, vch, vr, vcol = T.axis.remap("SSSS", [nn, ch, rr, cl])
+                    XP[vn, vch, vr, vcol] = load(X, vn, vch, vr, vcol)
+            for nn, gg, cc, pph, ppw, ii, jj, ci in T.grid(n, groups, c4, geo.ph, geo.pw,
+                                                            rows, wq, g):
+                with T.sblock("pack"):
+                    vn, vg, vc, vph, vpw, vi, vj, vci = T.axis.remap(
+                        "SSSSSSSS", [nn, gg, cc, pph, ppw, ii, jj, ci])
+                    X4[vn, vg, vc, vph, vpw, vi * wq + vj, vci] = XP[
+                        vn, channel(vg, vc, vci), vi * sh + vph, vj * sw + vpw]
+        else:
+            for nn, gg, cc, ii, jj, ci in T.grid(n, groups, c4, rows, wq, g):
+                with T.sblock("pack"):
+                    vn, vg, vc, vi, vj, vci = T.axis.remap("SSSSSS", [nn, gg, cc, ii, jj, ci])
+                    X4[vn, vg, vc, 0, 0, vi * wq + vj, vci] = load(
+                        X, vn, channel(vg, vc, vci), vi, vj)
         for nn, oo, qq, cc, rh, rw, ci in T.grid(n, o, qp, c4, kh, kw, g):
             with T.sblock("compute"):
                 vn, vo, vq, vc, vrh, vrw, vci = T.axis.remap("SSSRRRR",
@@ -169,7 +185,8 @@ def default_knobs(sch: s_tir.Schedule, target: Target) -> Knobs:
 def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) -> None:
     """Tile, tensorize and parallelize in place; ``knobs=None`` samples the tile (tuning)."""
     isa = _isa(sch)
-    inline_producers(sch, "pack", target)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    inline_producers(sch, "pad" if "pad" in names else "pack", target)
     compute, unpack = sch.get_sblock("compute"), sch.get_sblock("unpack")
     act = str(sch.get(compute).reads[0].source.dtype)
     # The task loop is built on the unpack's loops and the product computed inside it: the
@@ -210,10 +227,23 @@ def _vectorize_row(sch: s_tir.Schedule, block, lanes: int) -> None:
 
 def _schedule_pack(sch: s_tir.Schedule, pack, target: Target) -> None:
     """Parallel over (image, group, channel group); the pixel loop is left serial with the
-    channels unrolled inside it, which LLVM's loop vectorizer turns into interleaving shuffles."""
-    nn, gg, cc, *_, ci = sch.get_loops(pack)
+    channels (and, strided, the phases) unrolled inside it, which LLVM's loop vectorizer
+    turns into interleaving shuffles. The padded image of a strided convolution: parallel
+    over channels, rows left to the vectorizer."""
+    cores = num_cores(target)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    if "pad" in names:
+        pn, pc, *_ = sch.get_loops(sch.get_sblock("pad"))
+        outer = sch.fuse(pn, pc)
+        if cores > 1:
+            sch.parallel(outer)
+        nn, gg, cc, pph, ppw, ii, jj, ci = sch.get_loops(pack)
+        sch.reorder(pph, ii, jj, ppw, ci)
+        sch.unroll(ppw)
+    else:
+        nn, gg, cc, *_, ci = sch.get_loops(pack)
     outer = sch.fuse(nn, gg, cc)
-    if num_cores(target) > 1:
+    if cores > 1:
         sch.parallel(outer)
     sch.unroll(ci)
 
