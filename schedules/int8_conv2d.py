@@ -86,6 +86,9 @@ def int8_conv2d_func(geo: ConvGeometry, x_dtype: str, pad_value: int,
     pad_stored = pad_value + 128 if shift else pad_value
 
     strided = (sh, sw) != (1, 1)
+    # every extended pixel is a real one (no extra columns, no padding vectors): the output
+    # is written per register tile, straight from the accumulators
+    dense = wq == ow and qp == geo.q
 
     def load(X, vn, vch, vr, vcol):
         """The (shifted) input at padded position ``(vr, vcol)``, the pad value outside."""
@@ -140,14 +143,20 @@ def int8_conv2d_func(geo: ConvGeometry, x_dtype: str, pad_value: int,
                     "int32", X4[vn, vo // og, vc, vrh % sh, vrw % sw,
                                 vq + vrh // sh * wq + vrw // sw, vci]) * T.Cast(
                     "int32", Wk[vo, vc, vrh, vrw, vci])
-        for nn, oo, hh, ww in T.grid(n, o, oh, ow):
-            with T.sblock("unpack"):
-                vn, vo, vh, vw = T.axis.remap("SSSS", [nn, oo, hh, ww])
-                # the whole extended row block: its flat index is no single loop's range,
-                # which compute-at's region analysis needs
-                T.reads(ACC[vn, vo, 0:qp], C[vo])
-                T.writes(Y[vn, vo, vh, vw])
-                Y[vn, vo, vh, vw] = ACC[vn, vo, vh * wq + vw] - C[vo]
+        if dense:
+            for nn, oo, qq in T.grid(n, o, qp):
+                with T.sblock("unpack"):
+                    vn, vo, vq = T.axis.remap("SSS", [nn, oo, qq])
+                    Y[vn, vo, vq // ow, vq % ow] = ACC[vn, vo, vq] - C[vo]
+        else:
+            for nn, oo, hh, ww in T.grid(n, o, oh, ow):
+                with T.sblock("unpack"):
+                    vn, vo, vh, vw = T.axis.remap("SSSS", [nn, oo, hh, ww])
+                    # the whole extended row block: its flat index is no single loop's
+                    # range, which compute-at's region analysis needs
+                    T.reads(ACC[vn, vo, 0:qp], C[vo])
+                    T.writes(Y[vn, vo, vh, vw])
+                    Y[vn, vo, vh, vw] = ACC[vn, vo, vh * wq + vw] - C[vo]
 
     return kernel.without_attr("global_symbol")
 
@@ -189,6 +198,9 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     inline_producers(sch, "pad" if "pad" in names else "pack", target)
     compute, unpack = sch.get_sblock("compute"), sch.get_sblock("unpack")
     act = str(sch.get(compute).reads[0].source.dtype)
+    if len(sch.get_loops(unpack)) == 3:
+        _schedule_dense(sch, compute, unpack, act, isa, target, knobs)
+        return
     # The task loop is built on the unpack's loops and the product computed inside it: the
     # unpack reads a flat range of the accumulator that reverse-compute-at cannot solve.
     un, uo, *_ = sch.get_loops(unpack)
@@ -213,6 +225,36 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     sch.tensorize(ql, _name(isa, act, "xvec"))
     inline_epilogue(sch, "unpack")  # after compute-at: it rewrites the unpack's reads
     _vectorize_row(sch, unpack, isa.lanes)
+    _schedule_pack(sch, sch.get_sblock("pack"), target)
+
+
+def _schedule_dense(sch: s_tir.Schedule, compute, unpack, act: str, isa: DotIsa,
+                    target: Target, knobs: Knobs | None) -> None:
+    """Every extended pixel is real: tasks of ``ot`` channels sweep the pixels, and each
+    register tile is written out (epilogue included) as soon as its reduction ends."""
+    nn, oo, qq, cc, rh, rw, ci = sch.get_loops(compute)
+    qv, ql = sch.split(qq, [None, isa.lanes])
+    if knobs is None:
+        of = sch.sample_perfect_tile(oo, n=2, max_innermost_factor=8)
+        qf = sch.sample_perfect_tile(qv, n=2, max_innermost_factor=6)
+    else:
+        of, qf = [None, knobs.ot], [None, knobs.qt]
+    o_out, o_in = sch.split(oo, of)
+    q_out, q_in = sch.split(qv, qf)
+    sch.reorder(nn, o_out, q_out, cc, rh, rw, o_in, q_in, ql, ci)
+    task = sch.fuse(nn, o_out)
+    if num_cores(target) > 1:
+        sch.parallel(task)
+    sch.reverse_compute_at(unpack, q_out, preserve_unit_loops=True)
+    init = sch.decompose_reduction(compute, cc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(o_in)
+    sch.unroll(q_in)
+    sch.unroll(rw)
+    sch.tensorize(ql, _name(isa, act, "xvec"))
+    inline_epilogue(sch, "unpack")
+    pixels = sch.get_loops(sch.get_sblock("unpack"))[-1]
+    sch.vectorize(sch.split(pixels, [None, isa.lanes])[1])
     _schedule_pack(sch, sch.get_sblock("pack"), target)
 
 

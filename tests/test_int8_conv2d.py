@@ -30,6 +30,8 @@ CONVS = [
     (1, 12, 9, 10, 20, 1, 2, (0, 0, 0, 0), 1),
     (1, 3, 12, 12, 16, 5, 1, (2, 2, 2, 2), 1),
     (1, 64, 14, 14, 64, 3, 1, (1, 1, 1, 1), 1),
+    (1, 16, 8, 8, 24, 1, 1, (0, 0, 0, 0), 1),  # pixels fill whole vectors: written per tile
+    (2, 12, 16, 16, 20, 1, 2, (0, 0, 0, 0), 2),
 ]
 DEPTHWISE = [  # (n, c, h, w, multiplier, k, stride, pads)
     (1, 7, 9, 11, 1, 3, 1, (1, 1, 1, 1)),
@@ -124,9 +126,11 @@ def test_avx2_path_is_exact():
 def test_tuning_space_schedules_are_exact():
     isa = select_isa(TARGET)
     conv = conv_case((1, 12, 10, 10, 24, 3, 1, (1, 1, 1, 1), 2), "int8", isa, 9)
+    dense = conv_case((1, 12, 8, 8, 24, 1, 1, (0, 0, 0, 0), 1), "uint8", isa, 9)
     dw = dw_case((1, 6, 13, 13, 1, 3, 1, (1, 1, 1, 1)), "uint8", isa.lanes, 9)
     cases, distinct = [], set()
-    for space, base in ((int8_conv2d_space, conv), (int8_depthwise_space, dw)):
+    for space, base in ((int8_conv2d_space, conv), (int8_conv2d_space, dense),
+                        (int8_depthwise_space, dw)):
         mod, traces = tvm.IRModule({"main": base[0]}), []
         for seed in range(1, 6):
             sch = s_tir.Schedule(mod, seed=seed)
