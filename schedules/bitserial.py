@@ -16,32 +16,38 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
+from . import bitdecode
 from . import bitserial_conv2d as conv
 from . import bitserial_dense as dense
 from ._common import AnalyzedRule, vector_lanes
 from .spaces import register_space
 
-KERNELS = (conv.KERNEL, dense.KERNEL)
+KERNELS = (conv.KERNEL, dense.KERNEL, bitdecode.KERNEL)
 
 
 def kernel_of(sch: s_tir.Schedule) -> str | None:
-    """The bit-serial kernel family of the function being scheduled, or None."""
-    try:
-        block = sch.get(sch.get_sblock("acc"))
-    except Exception:  # noqa: BLE001 - no such block: another kernel
-        return None
-    kind = block.annotations.get("squeezer.kernel")
-    return str(kind) if kind is not None and str(kind) in KERNELS else None
+    """The bit-serial (or weight decode) kernel of the function being scheduled, or None."""
+    for name in ("acc", "decode"):
+        try:
+            block = sch.get(sch.get_sblock(name))
+        except Exception:  # noqa: BLE001 - no such block: another kernel
+            continue
+        kind = block.annotations.get("squeezer.kernel")
+        if kind is not None and str(kind) in KERNELS:
+            return str(kind)
+    return None
 
 
 class Bitserial(AnalyzedRule):
-    """Default schedule of the bit-serial conv2d and dense kernels."""
+    """Default schedule of the bit-serial conv2d and dense kernels and the weight decoders."""
 
     def analyze(self, sch: s_tir.Schedule) -> str | None:
         return kernel_of(sch)
 
     def schedule(self, sch: s_tir.Schedule, found: str, target: Target) -> None:
-        if found == conv.KERNEL:
+        if found == bitdecode.KERNEL:
+            bitdecode.schedule_decode(sch, target)
+        elif found == conv.KERNEL:
             kn = conv.default_conv_knobs(sch, target)
             conv.schedule_conv(sch, kn.rows, kn.vecs, target)
         else:

@@ -14,7 +14,6 @@ from squeezer.schedules.bitpack import (
     alphas_for_dense,
     dense_weight_popcounts,
     dense_weight_words,
-    pack_bits,
 )
 from squeezer.schedules.bitserial import bitserial_dense_space
 from squeezer.schedules.bitserial_dense import bitserial_dense_func
@@ -120,11 +119,11 @@ def test_decode_is_exact(kind, rows_last):
     x = np.zeros((1, 4), np.float32)  # the anchor argument: never read
     if isinstance(fmt, wf.BitPlanes):
         func = bitdecode.planes_decode_func(target.shape, fmt.planes, x.shape, rows_last)
-        args = [pack_bits(fmt.bits), fmt.alpha, x]
+        args = [bitdecode.planes_words(fmt.bits, rows_last), fmt.alpha, x]
     elif isinstance(fmt, wf.Pow2Codes):
         func = bitdecode.pow2_decode_func(target.shape, fmt.e_min, x.shape, rows_last)
-        args = [bitdecode.pow2_codes_planes(fmt.codes.reshape(6, -1)), x]
+        args = [bitdecode.pow2_words(fmt.codes, rows_last), x]
     else:
         func = bitdecode.int4_decode_func(target.shape, fmt.group, x.shape, rows_last)
-        args = [bitdecode.int4_nibbles(fmt.codes), fmt.scales, x]
+        args = [bitdecode.int4_nibbles(fmt.codes, rows_last), fmt.scales, x]
     np.testing.assert_array_equal(call(build(func), args, target.shape), target)

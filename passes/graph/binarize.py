@@ -48,7 +48,6 @@ from squeezer.schedules.bitpack import (
     conv_weight_words,
     dense_weight_popcounts,
     dense_weight_words,
-    pack_bits,
 )
 from squeezer.schedules.bitserial_conv2d import ConvGeometry, bitserial_conv2d_func
 from squeezer.schedules.bitserial_dense import bitserial_dense_func
@@ -301,17 +300,16 @@ class _Binarize(PyExprMutator):
         shape = tuple(ws)
         xs = tuple(_static_shape(x) or ())
         if isinstance(fmt, BitPlanes):
-            wbits = word_bits_for(fmt.bits.shape[2])
-            func = bitdecode.planes_decode_func(shape, fmt.planes, xs, rows_last, wbits)
-            arrays = (pack_bits(fmt.bits, wbits), np.asarray(fmt.alpha, np.float32))
+            func = bitdecode.planes_decode_func(shape, fmt.planes, xs, rows_last)
+            arrays = (bitdecode.planes_words(fmt.bits, rows_last),
+                      np.asarray(fmt.alpha, np.float32))
         elif isinstance(fmt, Pow2Codes):
-            codes = fmt.codes.reshape(fmt.codes.shape[0], -1)
             func = bitdecode.pow2_decode_func(shape, fmt.e_min, xs, rows_last)
-            arrays = (bitdecode.pow2_codes_planes(codes),)
+            arrays = (bitdecode.pow2_words(fmt.codes, rows_last),)
         else:
             assert isinstance(fmt, Int4Groups)
             func = bitdecode.int4_decode_func(shape, fmt.group, xs, rows_last)
-            arrays = (bitdecode.int4_nibbles(fmt.codes), fmt.scales)
+            arrays = (bitdecode.int4_nibbles(fmt.codes, rows_last), fmt.scales)
         consts = self._packed(("decode", id(fmt)), lambda: arrays)
         gv = self.builder_.add_func(func, f"decode_{fmt.kind}")
         stored = _nbytes(consts)
