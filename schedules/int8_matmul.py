@@ -9,7 +9,8 @@ The PrimFunc has three stages:
 
 - ``pack``: ``X`` (any rank, flattened to ``M`` rows) into ``AP[Mp, Kp]``, zero padded; signed
   activations on VNNI are shifted to unsigned (``+128``), compensated in ``unpack`` by the
-  constant ``comp[n] = 128 * sum_k W[k, n]`` (zeros otherwise);
+  constant ``comp[n] = 128 * sum_k W[k, n]`` (zeros otherwise). A plain copy (unsigned 2-D
+  ``X`` on whole tiles and groups, nothing fused before it) is inlined: ``X`` is read in place;
 - ``compute``: the int32 product ``ACC[Mp, Np]``, annotated ``squeezer.kernel = "int8_matmul"``;
 - ``unpack``: ``Y[..., n] = ACC[m, n] - comp[n]`` in ``X``'s leading shape. The kernel is
   output-elementwise-fusable (``op_pattern`` 4): ``FuseOps`` appends the requantization that
@@ -91,6 +92,8 @@ def int8_matmul_func(x_shape: tuple[int, ...], x_dtype: str, n: int,
     lanes, g = isa.lanes, isa.group
     act = isa.act_dtype(x_dtype)
     shift = act != x_dtype
+    # nothing to shift, pad or flatten: the schedule reads X in place of the pack
+    copy = not shift and mp == m and kp == k and len(lead) == 1
     i64 = functools.partial(tirx.IntImm, "int64")
     x_buf_shape = tuple(i64(d) for d in (*lead, k))
     y_shape = tuple(i64(d) for d in (*lead, n))
@@ -111,7 +114,10 @@ def int8_matmul_func(x_shape: tuple[int, ...], x_dtype: str, n: int,
         for mm, kk in T.grid(mp, kp):
             with T.sblock("pack"):
                 vm, vk = T.axis.remap("SS", [mm, kk])
-                if shift:
+                if copy:
+                    T.sblock_attr({"squeezer.copy": 1})
+                    AP[vm, vk] = X[vm, vk]
+                elif shift:
                     AP[vm, vk] = T.if_then_else(
                         vm < m and vk < k,
                         T.Cast("uint8", T.Cast("int32", X[*rows(T.min(vm, m - 1)),
@@ -177,7 +183,13 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     """Tile, tensorize and parallelize in place; ``knobs=None`` samples the tile sizes
     (the tuning space), otherwise they are fixed (the default schedule)."""
     _, _, _, isa = _sizes(sch)
-    inline_producers(sch, "pack", target)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    pack = sch.get_sblock("pack")
+    in_place = names[0] == "pack" and int(sch.get(pack).annotations.get("squeezer.copy", 0))
+    if in_place:
+        sch.compute_inline(pack)
+    else:
+        inline_producers(sch, "pack", target)
     inline_epilogue(sch, "unpack")
     compute = sch.get_sblock("compute")
     act = sch.get(compute).reads[0].source.dtype
@@ -203,7 +215,8 @@ def schedule(sch: s_tir.Schedule, target: Target, knobs: Knobs | None = None) ->
     sch.unroll(nti)
     sch.tensorize(nl, _name(isa, str(act), "wvec"))
     _vectorize_tail(sch, sch.get_loops(unpack)[-1], isa.lanes)
-    _schedule_pack(sch, sch.get_sblock("pack"), target)
+    if not in_place:
+        _schedule_pack(sch, sch.get_sblock("pack"), target)
 
 
 def _vectorize_tail(sch: s_tir.Schedule, loop, lanes: int) -> None:
