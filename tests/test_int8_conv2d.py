@@ -116,7 +116,7 @@ def test_direct_and_depthwise_bit_exact():
 def test_avx2_path_is_exact():
     """Built for Haswell (AVX2, no VNNI): int16 vpmaddwd, 8 lanes; runs on this CPU too."""
     assert select_isa(HASWELL) == AVX2_I16
-    cases = [conv_case(CONVS[i], dtype, AVX2_I16, i) for i in (1, 2, 4) for dtype in
+    cases = [conv_case(CONVS[i], dtype, AVX2_I16, i) for i in (1, 2, 4, 9) for dtype in
              ("uint8", "int8")]
     cases.append(dw_case(DEPTHWISE[1], "int8", AVX2_I16.lanes, 0))
     for (_, _, want), got in zip(cases, run_all(cases, HASWELL), strict=True):
