@@ -138,8 +138,7 @@ def tables(cases: Sequence, goals: Sequence[dict], threads: int, bandwidth: floa
                                         "dense/sq", "torch/sq", "onnxrt/sq", "note"],
                    "ratio > 1: squeezer is faster")
         for c in rows:
-            t.add_row(c.case, *(_ms(c, i) for i in ("squeezer", "squeezer-kernel",
-                                                    "squeezer-dense", "torch",
+            t.add_row(c.case, *(_ms(c, i) for i in ("squeezer", "squeezer-dense", "torch",
                                                     "onnxruntime")),
                       _ratio(c, "squeezer-dense"), _ratio(c, "torch"),
                       _ratio(c, "onnxruntime"), _note(c))

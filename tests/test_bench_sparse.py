@@ -158,6 +158,19 @@ def test_tables_render(tiny_report):
     for needle in ("sparse kernels", "sparse convolutions", "end to end", "goals", "bound",
                    "other processes used"):
         assert needle in text
+    # every cell under its own header: a row with more cells than headers adds blank columns
+    for t in tiny_report.tables:
+        assert all(str(col.header) for col in t.columns), t.title
+    by_case = {c["case"]: c for c in tiny_report.extra["cases"]}
+    for t in tiny_report.tables:
+        headers = [str(col.header) for col in t.columns]
+        if "sq dense" not in headers:
+            continue
+        for r, case in enumerate(t.columns[0]._cells):
+            ms = by_case[case]["ms"].get("squeezer-dense")
+            if ms is not None:
+                cell = t.columns[headers.index("sq dense")]._cells[r]
+                assert float(cell) == pytest.approx(ms, rel=1e-2, abs=1e-4), (t.title, case)
 
 
 def test_cli_wires_the_suite():
