@@ -51,6 +51,11 @@ def _fallbacks(mod) -> int:
     return len(mod.manifest.get("float_fallback") or [])
 
 
+def _kernels(mod) -> list[str]:
+    """The compiled model's kernel names (``fused_int8_matmul...``, ``bitserial...``)."""
+    return [k["name"] for k in (mod.manifest.get("tuning") or {}).get("kernels", [])]
+
+
 def gemm_case(b: Bench, c: GemmCase) -> CaseResult:
     rng = rng_for(c.m, c.n, c.k)
     w = (rng.standard_normal((c.n, c.k)) / np.sqrt(c.k)).astype(np.float32)
@@ -63,7 +68,7 @@ def gemm_case(b: Bench, c: GemmCase) -> CaseResult:
 
     def int8():
         mod, notes["int8"] = compile_model(int8_model(linear(w), x[:256]), x, b.threads)
-        res.info["float_fallback"] = _fallbacks(mod)
+        res.info.update(float_fallback=_fallbacks(mod), int8_kernels=_kernels(mod))
         return squeezer_runner(mod, [x])
 
     b.put(res, "squeezer-int8", b.measure(c.name, "squeezer-int8", int8))
@@ -89,7 +94,7 @@ def conv_case(b: Bench, c: ConvCase) -> CaseResult:
 
     def int8():
         mod, note = compile_model(int8_model(float_mod, x), x, b.threads)
-        res.info["float_fallback"] = _fallbacks(mod)
+        res.info.update(float_fallback=_fallbacks(mod), int8_kernels=_kernels(mod))
         return squeezer_runner(mod, [x])
 
     b.put(res, "squeezer-int8", b.measure(c.name, "squeezer-int8", int8))

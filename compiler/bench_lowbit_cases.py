@@ -159,9 +159,8 @@ def int8_model(model, calibration: np.ndarray, **settings):
     ctx = CompressContext(copy.deepcopy(model), data, int(calibration.shape[-1]), None,
                           lambda line: None)
     method.check_tensors(q)
-    method.prepare(q, ctx)
-    method.squash(q)
-    return q.eval()
+    q = method.prepare(q, ctx) or q
+    return (method.squash(q) or q).eval()  # a root layer comes back as a new module
 
 
 class BinaryConv:

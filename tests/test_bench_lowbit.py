@@ -36,6 +36,14 @@ def test_every_peer_has_a_time_or_a_reason(tiny_report):
                 assert peer in c["ms"], (c["case"], c["missing"].get(peer))
 
 
+def test_int8_rows_run_int8_kernels(tiny_report):
+    """The int8 rows must time the integer path (a quantization silently dropped would time
+    fp32 under the int8 name)."""
+    for c in tiny_report.extra["cases"]:
+        if c["section"] in ("gemm", "conv"):
+            assert any("int8" in k for k in c["info"]["int8_kernels"]), c["info"]["int8_kernels"]
+
+
 def test_goals_are_ratios_of_this_run(tiny_report):
     goals = {g["goal"]: g for g in tiny_report.extra["goals"]}
     assert len(goals) == 5
