@@ -10,6 +10,7 @@ along output pixels instead of output channels: the output is then written in NC
 computed (no unpacking transpose), and the elementwise requantization fused after the kernel
 vectorizes along the image rows. The stages of the PrimFunc:
 
+- ``pad`` (strided only): the padded image, so that ``pack`` reads it at plain strides;
 - ``pack``: ``X`` into ``X4[n, group, c / g, phase_h, phase_w, pixel, c % g]``: the padded
   phase planes of :mod:`~squeezer.schedules.int8_conv_geometry`, ``g`` channels interleaved
   so one instruction reads ``lanes`` consecutive pixels x ``g`` channels as one vector;
@@ -20,8 +21,10 @@ vectorizes along the image rows. The stages of the PrimFunc:
   input was shifted (else zeros). The fused epilogue is inlined into this write.
 
 The schedule keeps ``ot`` output channels x ``qt`` pixel vectors in registers over all
-channels and taps; each parallel task owns ``ot`` channels of one image (its accumulator,
-``ot`` rows of extended output, stays in L2 and is unpacked by the same task).
+channels and taps; each parallel task owns ``ot`` channels of one image. When every extended
+pixel is real (no extra columns, whole vectors: 1x1 convolutions of most sizes) each register
+tile is written out right after its reduction; otherwise the task's accumulator (``ot`` rows
+of extended output) stays in L2 and the task unpacks it at the end.
 """
 
 from __future__ import annotations
