@@ -37,6 +37,8 @@ from ._common import MAX_ACC_REGS, vector_lanes, vectorize_innermost, worth_para
 from .bitpack import ACC_DTYPES, WORD_DTYPES, ActBits, has_vector_popcount, words
 
 KERNEL = "bitserial_conv2d"
+bit_or = te.comm_reducer(lambda a, b: tirx.bitwise_or(a, b), lambda t: tirx.const(0, t),
+                         name="bit_or")
 T_ALIGN_WORDS = 4  # the extended output is padded to whole tiles of this many 512-bit vectors
 
 
@@ -173,7 +175,9 @@ def bitserial_conv2d_func(geo: ConvGeometry, planes: int, act: ActBits) -> tirx.
         c = cw * nb + b
         v = x[n, tirx.min(c, g.c - 1), y, xx]
         bit = tirx.And(act.bit(v, j), c < g.c)
-        return te.sum(tirx.shift_left(tirx.Cast(word, bit), tirx.Cast(word, b)), axis=b)
+        one = tirx.shift_left(tirx.const(1, word), tirx.Cast(word, b))
+        # a select, not a shifted 0/1: a masked OR of one constant per channel
+        return bit_or(tirx.Select(bit, one, tirx.const(0, word)), axis=b)
 
     xu = te.compute((g.n, J, g.cw, g.h, g.w), pack, name="xu")
 
