@@ -17,17 +17,18 @@ from tvm import s_tir
 from tvm.target import Target
 
 from . import bitdecode
+from . import bitmask_dense as mask
 from . import bitserial_conv2d as conv
 from . import bitserial_dense as dense
 from ._common import AnalyzedRule, vector_lanes
 from .spaces import register_space
 
-KERNELS = (conv.KERNEL, dense.KERNEL, bitdecode.KERNEL)
+KERNELS = (conv.KERNEL, dense.KERNEL, bitdecode.KERNEL, mask.KERNEL)
 
 
 def kernel_of(sch: s_tir.Schedule) -> str | None:
     """The bit-serial (or weight decode) kernel of the function being scheduled, or None."""
-    for name in ("acc", "decode"):
+    for name in ("acc", "decode", "part"):
         try:
             block = sch.get(sch.get_sblock(name))
         except Exception:  # noqa: BLE001 - no such block: another kernel
@@ -39,7 +40,8 @@ def kernel_of(sch: s_tir.Schedule) -> str | None:
 
 
 class Bitserial(AnalyzedRule):
-    """Default schedule of the bit-serial conv2d and dense kernels and the weight decoders."""
+    """Default schedule of the bit-serial conv2d and dense kernels, the float-input
+    masked-sum dense kernel and the weight decoders."""
 
     def analyze(self, sch: s_tir.Schedule) -> str | None:
         return kernel_of(sch)
@@ -47,6 +49,9 @@ class Bitserial(AnalyzedRule):
     def schedule(self, sch: s_tir.Schedule, found: str, target: Target) -> None:
         if found == bitdecode.KERNEL:
             bitdecode.schedule_decode(sch, target)
+        elif found == mask.KERNEL:
+            km = mask.default_mask_knobs(sch)
+            mask.schedule_mask(sch, km.rows, km.cols, target)
         elif found == conv.KERNEL:
             kn = conv.default_conv_knobs(sch, target)
             conv.schedule_conv(sch, kn.rows, kn.vecs, target)
@@ -80,3 +85,13 @@ def bitserial_dense_space(sch: s_tir.Schedule) -> None:
     r = _sample(sch, dense.dense_row_choices(m))
     v = _sample(sch, dense.dense_vec_choices(cols, vector_lanes(target, bits)))
     dense.schedule_dense(sch, r, v, target)
+
+
+@register_space(mask.KERNEL)
+def bitmask_dense_space(sch: s_tir.Schedule) -> None:
+    """Tuning space: the register tile, rows of X x output columns."""
+    target = Target.current()
+    m, n, _ = mask.mask_shapes(sch)
+    r = _sample(sch, mask.mask_row_choices(m))
+    c = _sample(sch, mask.mask_col_choices(n))
+    mask.schedule_mask(sch, r, c, target)

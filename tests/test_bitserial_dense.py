@@ -9,13 +9,15 @@ from tvm import s_tir
 
 from squeezer.passes.graph import weight_formats as wf
 from squeezer.schedules import bitdecode, default_schedule_pass
+from squeezer.schedules.bitmask_dense import bitmask_dense_func
 from squeezer.schedules.bitpack import (
     ActBits,
     alphas_for_dense,
     dense_weight_popcounts,
     dense_weight_words,
+    pack_bits,
 )
-from squeezer.schedules.bitserial import bitserial_dense_space
+from squeezer.schedules.bitserial import bitmask_dense_space, bitserial_dense_space
 from squeezer.schedules.bitserial_dense import bitserial_dense_func
 from squeezer.targets.cpu import make_target
 
@@ -81,6 +83,20 @@ def test_tuning_space_schedules_are_exact():
     for seed in range(2):
         got, want = dense(8, 200, 48, 2, "binary", 64, seed=seed, sch_fn=bitserial_dense_space)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("m,k,n,planes", [(1, 100, 10, 1), (2, 64, 17, 2), (3, 1000, 24, 3)])
+@pytest.mark.parametrize("space", [False, True])
+def test_masked_float_dense_is_exact(m, k, n, planes, space):
+    """Float rows times bit planes; small dyadic inputs make every float sum exact."""
+    rng = np.random.default_rng(m + k)
+    x = (rng.integers(-64, 64, (m, k)) / 16).astype(np.float32)
+    bits = rng.random((planes, n, k)) < 0.5
+    alpha = (rng.integers(1, 64, (planes, n)) / 32).astype(np.float32)
+    lib = build(bitmask_dense_func(m, k, n, planes), bitmask_dense_space if space else None)
+    got = call(lib, [x, pack_bits(bits), alpha], (m, n))
+    w = sum(alpha[p][:, None] * (2 * bits[p] - 1.0) for p in range(planes))
+    np.testing.assert_array_equal(got, (x.astype(np.float64) @ w.T).astype(np.float32))
 
 
 # -- decode kernels ----------------------------------------------------------------------------

@@ -18,11 +18,16 @@ model quantized by another tool takes the same path:
   Convolutions need groups 1 (depthwise excluded), dilation 1, equal strides and symmetric
   padding; the scales that follow (XNOR-Net's ``K`` map, a bias) stay float ops after the call,
   which ``FuseOps`` fuses into the kernel's epilogue.
-- **the same weights with a float input** (Binary-Weight-Networks, TWN), **power-of-two** (INQ)
-  and **int4 convolution** weights are stored packed and decoded to float32 on every call
-  (:mod:`~squeezer.schedules.bitdecode`), and the layer runs as the float operator. Decoding
-  reads each weight once; the float kernels it feeds are the tuned ones. int4 *matmul* weights
-  are left to ``int4_weights``, which has a kernel for them.
+- **the same weights with a float input** (Binary-Weight-Networks, TWN): a matmul of at most
+  :data:`MASKED_ROWS` rows (times planes) becomes :mod:`~squeezer.schedules.bitmask_dense`
+  (masked float sums over the bits: a matrix-vector product is bound by reading the weight, and
+  reads 1 bit per value instead of 32); larger matmuls and convolutions keep the float operator,
+  whose multiply-adds beat masked adds once the weight is reused, fed by a decode kernel
+  (:mod:`~squeezer.schedules.bitdecode`) that rebuilds the weight on every call from the packed
+  bits (decoding writes each weight once; a 3x3 conv reuses it at every pixel).
+- **power-of-two** (INQ) weights and **int4 convolution** weights: stored packed and decoded the
+  same way (no kernel reads them directly). int4 *matmul* weights are left to
+  ``int4_weights``, which has a kernel for them.
 
 Every decision is appended to ``log`` as ``{"op", "where", "reason", "kernel", "format",
 "bytes", "float_bytes"}``; those that leave a layer computing in float also go to
@@ -41,6 +46,7 @@ from tvm.ir import Op
 from tvm.relax import PyExprMutator, expr_functor
 
 from squeezer.schedules import bitdecode
+from squeezer.schedules.bitmask_dense import bitmask_dense_func
 from squeezer.schedules.bitpack import (
     ActBits,
     alphas_for_conv,
@@ -48,6 +54,7 @@ from squeezer.schedules.bitpack import (
     conv_weight_words,
     dense_weight_popcounts,
     dense_weight_words,
+    pack_bits,
 )
 from squeezer.schedules.bitserial_conv2d import ConvGeometry, bitserial_conv2d_func
 from squeezer.schedules.bitserial_dense import bitserial_dense_func
@@ -55,6 +62,10 @@ from squeezer.schedules.bitserial_dense import bitserial_dense_func
 from .weight_formats import BitPlanes, Int4Groups, Pow2Codes, WeightFormat, detect
 
 DECODED = "float (weights decoded per call)"
+# Float rows (times weight planes) up to which a matmul sums masked float rows instead of
+# decoding the weight: a matrix-vector product is bound by reading the weight (1 bit per
+# value here, 32 decoded); with more rows the float kernel's multiply-adds win.
+MASKED_ROWS = 4
 
 
 def _is_const(expr: relax.Expr) -> bool:
@@ -270,10 +281,28 @@ class _Binarize(PyExprMutator):
             return None
         if isinstance(fmt, BitPlanes) and enc is not None and len(xs) >= 2:
             return self._bit_dense(fmt, enc, xs, k, n, where)
+        if isinstance(fmt, BitPlanes) and len(xs) >= 2 and \
+                math.prod(xs[:-1]) * fmt.planes <= MASKED_ROWS:
+            return self._masked_dense(fmt, x, xs, k, n, where)
         reason = "float input" if isinstance(fmt, BitPlanes) else f"no {fmt.kind} kernel for matmul"
         wdec = self._decoded(fmt, ws, x, rows_last=True, where=where, op="matmul",
                              reason=reason)
         return relax.Call(call.op, [x, wdec], call.attrs)
+
+    def _masked_dense(self, fmt: BitPlanes, x, xs, k, n, where) -> relax.Expr:
+        """Float rows times bit planes, undecoded (a batch-1 linear layer's product)."""
+        m = math.prod(xs[:-1])
+        x2 = x if len(xs) == 2 else self.builder_.emit(relax.op.reshape(x, (m, k)))
+        consts = self._packed(("masked", id(fmt)), lambda: (
+            pack_bits(fmt.bits, 64), np.asarray(fmt.alpha, np.float32)))
+        gv = self.builder_.add_func(bitmask_dense_func(m, k, n, fmt.planes), "bitmask_dense")
+        self._note("matmul", where, f"{fmt.kind} weights ({fmt.planes} plane(s)), float input, "
+                   f"{m} row(s): masked sums of the bits", "bitmask_dense", fmt.kind, [k, n],
+                   _nbytes(consts))
+        y = relax.call_tir(gv, [x2, *consts], out_ty=relax.TensorType((m, n), "float32"))
+        if len(xs) == 2:
+            return y
+        return relax.op.reshape(self.builder_.emit(y), (*xs[:-1], n))
 
     def _bit_dense(self, fmt: BitPlanes, enc, xs, k, n, where) -> relax.Expr:
         act, src = enc
