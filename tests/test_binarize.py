@@ -276,3 +276,20 @@ def test_binary_artifact_stores_bits(tmp_path):
         sizes[binary] = path.stat().st_size
     assert sizes[False] > 2e6  # 2.4 MB of float weights (zip-compressed a little)
     assert sizes[True] < sizes[False] / 10  # 74 KB of bits and scales, plus code
+
+
+def test_onnx_export_takes_the_same_path(tmp_path):
+    """Where(GreaterOrEqual(x, 0), 1, -1) and Sign from an ONNX file: the same kernels."""
+    torch.manual_seed(1)
+    model = BinaryNet().eval()
+    x = torch.randn(1, 3, 10, 10)
+    path = tmp_path / "binary.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"])
+    compiled = squeezer.compile(str(path), {"x": x.numpy()}, threads=2, use_records=False,
+                                dump_ir=tmp_path / "ir")  # verifies against onnxruntime
+    graph = (tmp_path / "ir" / "01-graph.py").read_text()
+    assert graph.count("R.call_tir(cls.bitserial_conv2d") == 3
+    assert graph.count("R.call_tir(cls.bitmask_dense") == 1
+    got = compiled(x.numpy())
+    got = got[0] if isinstance(got, list | tuple) else got
+    np.testing.assert_allclose(np.asarray(got), model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
