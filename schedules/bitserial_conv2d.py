@@ -6,13 +6,13 @@ plane ``p`` (bipolar, +-1) with the encoded activation
 ``popcount(x ^ w)``; padded pixels are 0 in the activation's value domain, not -1:
 
 - binary activations (bipolar x bipolar): ``D = valid_taps * C - 2 * mismatches``. Padded taps
-  read zero words, so there the product counts ``popcount(w)`` instead of nothing; the epilogue
-  adds twice those weight popcounts back for the taps of each output pixel that fall in the
-  padding (per column of taps, a handful of selects; the weight popcounts depend on the output
-  channel only and are hoisted out of the pixel loops).
+  read zero words, so there the product counts ``popcount(w)`` instead of nothing. Output
+  pixels fall in a few classes by which taps lie in the padding (interior, edges, corners);
+  per weight row and class, ``base = C * valid_taps + 2 * popcount(w over padded taps)`` is
+  computed once per call (``wpc``, ``base``) and the epilogue takes ``D = base - 2 * acc``.
 - unipolar activation planes ``j`` (sign, uint2): ``sum (2 w - 1) x_j = popcount(w) -
-  popcount(w ^ x_j)``, so ``D = sum_j beta_j * (popcount(w) - acc_j)`` over the whole window;
-  a padded tap contributes ``popcount(w) - popcount(w) = 0``.
+  popcount(w ^ x_j)``, so ``D = sum_j beta_j * (popcount(w) - acc_j)`` over the whole window
+  (one class: a padded tap contributes ``popcount(w) - popcount(w) = 0``).
 
 Layout inside the kernel: channels packed into words per pixel, stored as planes of
 ``(word, row, column)`` over the zero-padded image; a stride-2 input is first split into its
@@ -20,8 +20,9 @@ four phases (space-to-depth), so for every stride each tap reads a contiguous wi
 pixel ``t = oh * w2 + ow`` lives on an *extended* row of ``w2`` columns (the padded width), of
 which the first ``OW`` are real and the epilogue drops the rest. The product runs along ``t``
 in vectors of words, one weight word broadcast per weight row (output channel and plane).
-Blocks: ``xu`` (pack), ``xb`` (pad and phases), ``acc`` (the popcount reduction, annotated
-``squeezer.kernel``), ``epilogue`` (counts to floats, scales, NCHW).
+Blocks: ``wpc`` and ``base`` (per weight row), ``xu`` (pack), ``xb`` (pad and phases), ``acc``
+(the popcount reduction, annotated ``squeezer.kernel``), ``epilogue`` (counts to floats,
+scales, NCHW).
 """
 
 from __future__ import annotations
