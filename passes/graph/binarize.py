@@ -59,6 +59,7 @@ from squeezer.schedules.bitpack import (
 from squeezer.schedules.bitserial_conv2d import ConvGeometry, bitserial_conv2d_func
 from squeezer.schedules.bitserial_dense import bitserial_dense_func
 
+from .sparsify_weights import _is_const, _static_shape
 from .weight_formats import BitPlanes, Int4Groups, Pow2Codes, WeightFormat, detect
 
 DECODED = "float (weights decoded per call)"
@@ -66,22 +67,6 @@ DECODED = "float (weights decoded per call)"
 # decoding the weight: a matrix-vector product is bound by reading the weight (1 bit per
 # value here, 32 decoded); with more rows the float kernel's multiply-adds win.
 MASKED_ROWS = 4
-
-
-def _is_const(expr: relax.Expr) -> bool:
-    return isinstance(expr, tvm.ir.expr.GenericConst)
-
-
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    dims = []
-    for d in ty.shape.values:
-        if not isinstance(d, tvm.tirx.IntImm):
-            return None
-        dims.append(int(d))
-    return dims
 
 
 def _scalar(expr: relax.Expr) -> float | None:
