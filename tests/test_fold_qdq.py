@@ -334,3 +334,30 @@ def test_emitted_requant_bit_exact_against_numpy():
     want = np.moveaxis(r.apply(move), -1, 1)
     np.testing.assert_array_equal(got, want.astype(np.uint8))
     assert (got <= 5 + round(4.0 / 0.031)).all() and (got >= 5).all()
+
+
+def test_low_bit_weights_are_left_to_their_passes_not_reported_float():
+    """A quantized input times an int4-per-group or ternary constant is the low-bit passes'
+    (int4_weights, binarize): neither it nor its bias/activation epilogue is a float fallback;
+    the same product with an ordinary float weight is one, and so is what follows it."""
+    rng = np.random.default_rng(3)
+    scales = rng.uniform(0.01, 0.1, (1, 12)).astype(np.float32)
+    int4 = rng.integers(-8, 8, (64, 12)) * scales  # k x n, one scale per output and 64 rows
+    ternary = rng.choice([-0.3, 0.0, 0.3], (64, 12))
+    plain = rng.standard_normal((64, 12))
+
+    def product(w):
+        def body(bb, d):
+            flat = bb.emit(relax.op.reshape(d, (1, 64)))
+            y = bb.emit(relax.op.matmul(flat, c(w, "float32")))
+            y = bb.emit(relax.op.add(y, c(np.linspace(-1, 1, 12), "float32")))
+            return bb.emit(relax.op.nn.relu(y))
+        return body
+
+    mod = build([product(int4), product(ternary), product(plain)], (1, 4, 4, 4),
+                requantize=False)
+    log: list[dict] = []
+    fold_qdq(log)(mod)
+    assert [e["op"] for e in log] == ["matmul", "add", "nn.relu"], log
+    assert "float constant" in log[0]["reason"]
+    assert all("left in float" in e["reason"] for e in log[1:]), log

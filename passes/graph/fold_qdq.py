@@ -42,7 +42,7 @@ from tvm.relax import PyExprMutator, expr_functor
 from squeezer.errors import SqueezerError
 
 from .qdq_reps import Weight
-from .qdq_rules import ACTIVATIONS, RULES, Fallback, Out, shape_of
+from .qdq_rules import ACTIVATIONS, RULES, Fallback, LowBit, Out, shape_of
 from .qdq_rules_move import MOVE_RULES
 
 _ALL_RULES = {**RULES, **MOVE_RULES}
@@ -85,6 +85,9 @@ class _FoldQDQ(PyExprMutator):
         self.reps: dict[relax.Var, object] = {}
         self.tuples: dict[relax.Var, list[relax.Expr]] = {}
         self.floats: set[relax.Var] = set()  # results of operators reported as left in float
+        # results of low-bit weight products (a later pass's kernels) and of the float
+        # operators after them (their epilogue): not fallbacks of this pass
+        self.lowbit: set[relax.Var] = set()
         self.where = ""
         self.quantized = False
 
@@ -134,12 +137,18 @@ class _FoldQDQ(PyExprMutator):
 
     def _note_float(self, var: relax.Var, call: relax.Call, result: Fallback | None) -> None:
         op = call.op.name.removeprefix("relax.")
+        args = []
+        for a in call.args:
+            args.extend(self.fields(a) or [a])
+        if isinstance(result, LowBit):
+            self.lowbit.add(var)
+            return
         if result is None:
             if call.op.name in _QDQ or not _is_float(var.ty):
                 return
-            args = []
-            for a in call.args:
-                args.extend(self.fields(a) or [a])
+            if any(a in self.lowbit for a in args) and not any(a in self.floats for a in args):
+                self.lowbit.add(var)
+                return
             reps = [self.rep(a) for a in args if isinstance(a.ty, relax.TensorType)]
             if all(isinstance(r, np.ndarray | Weight) for r in reps):
                 return  # constants only: FoldConstant computes it

@@ -20,6 +20,7 @@ from squeezer.errors import SqueezerError
 
 from .qdq_emit import const, emit_conv, emit_float, emit_requant
 from .qdq_reps import INT8_DTYPES, Affine, Concat, PerAxis, QTensor, Term, Weight
+from .weight_formats import detect
 
 
 class Ctx(Protocol):
@@ -40,6 +41,13 @@ class Out:
 @dataclass(frozen=True)
 class Fallback:
     reason: str
+
+
+@dataclass(frozen=True)
+class LowBit(Fallback):
+    """The weight holds a low-bit format (int4 groups, binary, ternary, residual, powers of two):
+    not a float fallback, ``int4_weights`` or ``binarize`` takes the operator later and reports
+    it if it stays float."""
 
 
 Rule = Callable[[Ctx, relax.Call], "Out | Fallback | None"]
@@ -168,6 +176,10 @@ def _operands(ctx: Ctx, call: relax.Call, op: str) -> tuple[QTensor, Weight] | F
     if not isinstance(rx, QTensor):
         return Fallback(input_reason(rx))
     if isinstance(rw, np.ndarray):
+        rows = rw.T if op == "matmul" and rw.ndim == 2 else rw  # one row per output
+        fmt = detect(rows)
+        if fmt is not None:
+            return LowBit(f"{fmt.kind} weights: left to the low-bit kernels")
         return Fallback("weight is a float constant (not quantized)")
     if not isinstance(rw, Weight):
         return Fallback("weight is not a dequantized integer constant")
