@@ -123,11 +123,33 @@ def compile(  # noqa: A001 - the public name the brief fixes
                 inputs = [_as_numpy(a) for a in _as_tuple(example_inputs)]
             else:
                 inputs = imported.example_inputs or random_inputs(imported.inputs)
-            checks = run_verify(module, imported.reference, imported.outputs, inputs,
-                                steps=steps)
-            manifest["verified"] = {c.name: {"max_abs": c.max_abs, "max_rel": c.max_rel}
-                                    for c in checks}
+            checks, reference = _verify(run_verify, module, imported, inputs, steps)
+            manifest["verified"] = {c.name: {"max_abs": c.max_abs, "max_rel": c.max_rel,
+                                             **reference} for c in checks}
     return module
+
+
+def _verify(run_verify, module, imported, inputs, steps) -> tuple[list, dict]:
+    """Verify against the reference; when that fails and the frontend has a float64 reference,
+    against it (binarized models: float32 rounding can flip a sign the compiled integer
+    arithmetic gets exactly). A float64 reference that cannot run (quantize ops want float32)
+    leaves the first error."""
+    from squeezer.errors import VerificationError
+
+    try:
+        return run_verify(module, imported.reference, imported.outputs, inputs,
+                          steps=steps), {}
+    except VerificationError as err:
+        if imported.reference64 is None:
+            raise
+        first = err
+    try:
+        checks = run_verify(module, imported.reference64, imported.outputs, inputs, steps=steps)
+    except VerificationError as err:
+        raise err from first
+    except Exception:  # noqa: BLE001 - the float64 run is a second opinion only
+        raise first from None
+    return checks, {"reference": "float64"}
 
 
 def _tuning_summary(store, rows: list[dict], key: str, target) -> dict:

@@ -69,9 +69,65 @@ def test_compile_verification_catches_a_wrong_reference(tiny, tiny_input, monkey
     def skewed(*args, **kwargs):
         imported = real(*args, **kwargs)
         ref = imported.reference
+        ref64 = imported.reference64
         imported.reference = lambda xs: [r + 0.5 for r in ref(xs)]
+        imported.reference64 = lambda xs: [r + 0.5 for r in ref64(xs)]
         return imported
 
     monkeypatch.setattr(ti, "_import_exported", skewed)
     with pytest.raises(VerificationError, match="output 'output'"):
         squeezer.compile(tiny, (tiny_input,), threads=1)
+
+
+@pytest.mark.parametrize("ref64", ["exact", "fails", "none"])
+def test_float32_reference_failure_falls_back_to_float64(tiny, tiny_input, monkeypatch, ref64):
+    """When the float32 reference disagrees (a binarized model's sign tie), the float64 one
+    decides and the manifest says so; without a float64 reference, or when it cannot run (QDQ
+    ops want float32), the float32 error stands."""
+    import squeezer.frontend.torch_import as ti
+
+    real = ti._import_exported
+
+    def skewed(*args, **kwargs):
+        imported = real(*args, **kwargs)
+        ref = imported.reference
+        imported.reference = lambda xs: [r + 0.5 for r in ref(xs)]
+        if ref64 == "fails":
+            imported.reference64 = lambda xs: 1 / 0
+        elif ref64 == "none":
+            imported.reference64 = None
+        return imported
+
+    monkeypatch.setattr(ti, "_import_exported", skewed)
+    if ref64 != "exact":
+        with pytest.raises(VerificationError, match="output 'output'"):
+            squeezer.compile(tiny, (tiny_input,), threads=1)
+        return
+    mod = squeezer.compile(tiny, (tiny_input,), threads=1)
+    assert mod.manifest["verified"]["output"]["reference"] == "float64"
+    assert mod.manifest["verified"]["output"]["max_abs"] < 1e-4
+
+
+def test_float64_reference_of_a_binarized_model():
+    """``where(x >= 0, 1.0, -1.0)`` and the layers after it run in float64 (literals included),
+    matching numpy's float64 arithmetic; the user's module is not converted."""
+    import torch
+
+    class Binary(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(24, 7)
+
+        def forward(self, x):
+            return self.fc(torch.where(x >= 0, 1.0, -1.0)) * 0.3
+
+    torch.manual_seed(0)
+    model = Binary().eval()
+    x = np.random.default_rng(0).standard_normal((3, 24)).astype(np.float32)
+    imported = import_model(model, (x,))
+    got = imported.reference64([x])[0]
+    w, b = (p.detach().double().numpy() for p in (model.fc.weight, model.fc.bias))
+    want = ((np.where(x >= 0, 1.0, -1.0) @ w.T + b) * 0.3).astype(np.float32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-8)
+    assert model.fc.weight.dtype == torch.float32

@@ -40,6 +40,10 @@ class Imported:
     reference: Reference
     source: dict = field(default_factory=dict)  # {"format": "onnx"|"torch"|"pt2", "path": ...}
     example_inputs: list[np.ndarray] | None = None
+    # The same model evaluated in float64, where the frontend can (torch without QDQ ops): a
+    # binarized model's float32 reference can put +-1e-7 where the exact sum is 0 and flip
+    # the next sign; verification falls back to it when the float32 comparison fails.
+    reference64: Reference | None = None
 
 
 def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, tuple[int, ...]]:

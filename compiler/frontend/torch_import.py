@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import zipfile
 from pathlib import Path
 
@@ -116,4 +117,19 @@ def _import_exported(ep, source: dict, eager) -> Imported:
         res = res if isinstance(res, tuple | list) else (res,)
         return [r.detach().numpy() for r in res]
 
-    return Imported(mod=mod, inputs=inputs, outputs=outputs, reference=reference, source=source)
+    def reference64(arrays):
+        model = copy.deepcopy(eager).double()
+        prior = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # literals such as where(x >= 0, 1.0, -1.0)
+        try:
+            with torch.no_grad():
+                res = model(*[torch.from_numpy(np.ascontiguousarray(
+                    a.astype(np.float64) if a.dtype.kind == "f" else a)) for a in arrays])
+        finally:
+            torch.set_default_dtype(prior)
+        res = res if isinstance(res, tuple | list) else (res,)
+        return [r.detach().numpy().astype(np.float32) if r.is_floating_point()
+                else r.detach().numpy() for r in res]
+
+    return Imported(mod=mod, inputs=inputs, outputs=outputs, reference=reference, source=source,
+                    reference64=reference64)
