@@ -72,18 +72,21 @@ class DenseModel:
 
 
 
-def _reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
+    """``Type: first line of the message``, for a row that failed."""
     first = (str(err).strip().splitlines() or ["(no message)"])[0]
     return f"{type(err).__name__}: {first}"
 
 
-def _compile(model, x, threads: int) -> tuple[Any, str]:
+def try_compile(model, x, threads: int) -> tuple[Any, str]:
+    """``squeezer.compile`` at batch ``x`` (verified): ``(module, note)``, or ``(None, reason)``
+    when it fails."""
     from squeezer.bench_sparse_peers import compile_model
 
     try:
         return compile_model(model, x, threads)
     except Exception as err:  # noqa: BLE001 - reported in the row
-        return None, _reason(err)
+        return None, error_reason(err)
 
 
 def train_dense(case: ModelCase, digits, threads: int,
@@ -96,7 +99,7 @@ def train_dense(case: ModelCase, digits, threads: int,
     module = data.train(case.build(), case.epochs, data=digits)
     train_s = time.perf_counter() - t0
     log(f"{case.name}: compiling the dense model")
-    compiled, note = _compile(module, digits.x_test[:1], threads)
+    compiled, note = try_compile(module, digits.x_test[:1], threads)
     return DenseModel(case, module, data.evaluate(module, data=digits), compiled, note, train_s)
 
 
@@ -115,7 +118,7 @@ def prune_row(b: Bench, dense: DenseModel, method: MethodCase, digits) -> PruneR
         out, report = compress(dense.module, recipe, train_data=digits, eval_data=digits,
                                progress=False)
     except Exception as err:  # noqa: BLE001 - reported in the row
-        res.error = f"compress: {_reason(err)}"
+        res.error = f"compress: {error_reason(err)}"
         return res
     res.compress_s = time.perf_counter() - t0
     res.acc_dense, res.acc_pruned = report.accuracy_before, report.accuracy_after
@@ -125,7 +128,7 @@ def prune_row(b: Bench, dense: DenseModel, method: MethodCase, digits) -> PruneR
         res.achieved, res.achieved_weights = achieved(
             out, pruned_tensors(dense.module, recipe[0]), method.unit)
     except Exception as err:  # noqa: BLE001 - reported in the row
-        res.notes.append(f"achieved sparsity: {_reason(err)}")
+        res.notes.append(f"achieved sparsity: {error_reason(err)}")
     if method.unit != "weights" and res.achieved_weights is not None:
         res.notes.append(f"{res.achieved_weights:.1%} of their weights")
     if dense.compiled is None:
@@ -133,7 +136,7 @@ def prune_row(b: Bench, dense: DenseModel, method: MethodCase, digits) -> PruneR
         return res
     b.log(f"{mc.name}: {method.label}: compiling")
     x = digits.x_test[:1]
-    compiled, note = _compile(out, x, b.threads)
+    compiled, note = try_compile(out, x, b.threads)
     if compiled is None:
         res.error = f"compile: {note}"
         return res

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.bench import Report, cpu_seconds, squeezer_runner
-from squeezer.bench_prune import DenseModel, _compile, _reason, train_dense
+from squeezer.bench_prune import DenseModel, error_reason, train_dense, try_compile
 from squeezer.bench_quant_cases import QuantMethodCase, Suite, full_suite, quick_suite
 from squeezer.bench_quant_report import evaluate_goals, tables
 from squeezer.bench_sparse_peers import Bench
@@ -110,7 +110,7 @@ def quant_row(b: Bench, fp32: Fp32Model, method: QuantMethodCase, digits, tmp: P
         out, report = compress(dense.module, recipe, train_data=digits, eval_data=digits,
                                progress=False)
     except Exception as err:  # noqa: BLE001 - reported in the row
-        res.error = f"compress: {_reason(err)}"
+        res.error = f"compress: {error_reason(err)}"
         return res
     res.compress_s = time.perf_counter() - t0
     res.acc_quant = report.accuracy_after
@@ -119,7 +119,7 @@ def quant_row(b: Bench, fp32: Fp32Model, method: QuantMethodCase, digits, tmp: P
     res.warnings = _warnings(report.log)
     b.log(f"{mc.name}: {method.label}: compiling")
     x = digits.x_test[:1]
-    compiled, note = _compile(out, x, b.threads)
+    compiled, note = try_compile(out, x, b.threads)
     if compiled is None:
         res.error = f"compile: {note}"
         return res
@@ -135,7 +135,7 @@ def quant_row(b: Bench, fp32: Fp32Model, method: QuantMethodCase, digits, tmp: P
         res.compiled_disagree = int((pred != want).sum())
         res.bytes_quant = _artifact_bytes(compiled, tmp, "quant")
     except Exception as err:  # noqa: BLE001 - reported in the row
-        res.error = f"compiled model: {_reason(err)}"
+        res.error = f"compiled model: {error_reason(err)}"
         return res
     if res.bytes_fp32:
         res.size_ratio = res.bytes_fp32 / res.bytes_quant
