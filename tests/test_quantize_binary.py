@@ -14,18 +14,16 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lowbit_util import weight_formats
+from lowbit_util import prepare, weight_formats
 
 from squeezer import data
 from squeezer.compression import compress
 from squeezer.errors import RecipeError
-from squeezer.passes.compress import CompressContext, get_method
 from squeezer.passes.compress.prune.layers import candidates
 from squeezer.passes.compress.quantize.binary import BinaryWeight
 from squeezer.passes.compress.quantize.horq import residual_binarize
 from squeezer.passes.compress.quantize.lowbit_act import BinaryInput, geometry
 from squeezer.passes.compress.quantize.lowbit_base import sign_ste
-from squeezer.passes.compress.quantize.lowbit_method import LowbitMethod
 from squeezer.recipe import load_recipe
 
 FAST = settings(max_examples=25, deadline=None)
@@ -51,18 +49,6 @@ def bcnn(seed: int = 0) -> torch.nn.Sequential:
 def trained(digits: data.Digits) -> torch.nn.Module:
     return data.train(bcnn(), 10, data=digits)
 
-
-def prepare(
-    model: torch.nn.Module, digits: data.Digits, method: str, **fields: Any
-) -> tuple[LowbitMethod[Any], list[str]]:
-    """Prepare ``method`` on ``model`` in place, as a recipe entry with ``fields`` would."""
-    lines: list[str] = []
-    entry = load_recipe([{"method": method, "epochs": 0, **fields}]).entries[0]
-    quantizer = get_method(method)(entry.settings)
-    assert isinstance(quantizer, LowbitMethod)
-    quantizer.check_tensors(model)
-    quantizer.prepare(model, CompressContext(copy.deepcopy(model), digits, 8, None, lines.append))
-    return quantizer, lines
 
 
 def random_layers(seed: int, out: int, cin: int) -> torch.nn.Sequential:

@@ -7,21 +7,18 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lowbit_util import weight_formats
+from lowbit_util import prepare, weight_formats
 
 from squeezer import data
 from squeezer.compression import compress
 from squeezer.errors import RecipeError
-from squeezer.passes.compress import CompressContext, get_method
 from squeezer.passes.compress.quantize.inq import PowerOfTwoWeight, exponent_range, pow2
-from squeezer.passes.compress.quantize.lowbit_method import LowbitMethod
 from squeezer.recipe import load_recipe
 
 FAST = settings(max_examples=25, deadline=None)
@@ -43,17 +40,6 @@ def cnn(seed: int = 0) -> torch.nn.Sequential:
 def trained(digits: data.Digits) -> torch.nn.Module:
     return data.train(cnn(), 10, data=digits)
 
-
-def prepare(
-    model: torch.nn.Module, digits: data.Digits, method: str, **fields: Any
-) -> tuple[LowbitMethod[Any], list[str]]:
-    lines: list[str] = []
-    entry = load_recipe([{"method": method, "epochs": 0, **fields}]).entries[0]
-    quantizer = get_method(method)(entry.settings)
-    assert isinstance(quantizer, LowbitMethod)
-    quantizer.check_tensors(model)
-    quantizer.prepare(model, CompressContext(copy.deepcopy(model), digits, 8, None, lines.append))
-    return quantizer, lines
 
 
 def random_model(seed: int, out: int, scale: float) -> torch.nn.Sequential:
