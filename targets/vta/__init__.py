@@ -1,0 +1,1 @@
+"""VTA-style accelerator target (simulated)."""
