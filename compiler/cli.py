@@ -397,7 +397,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int)
     p.add_argument("--json", metavar="FILE", help="write the table as JSON")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("vta", parents=[common], help="VTA accelerator (simulated) tools")
+    vta = p.add_subparsers(dest="vta_command", required=True, metavar="VTA_COMMAND")
+    q = vta.add_parser("disasm", parents=[common], help="print a VTA program (.npz) as text")
+    q.add_argument("program", help="program file written by Program.save")
+    q.add_argument("--uops", action="store_true", help="list the micro-ops each LOAD UOP loads")
+    q.set_defaults(func=cmd_vta_disasm)
     return parser
+
+
+def cmd_vta_disasm(args) -> int:
+    from squeezer.targets.vta.program import Program, disasm
+
+    print(disasm(Program.load(args.program), uops=args.uops), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
