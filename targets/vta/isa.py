@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import IntEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -241,7 +241,7 @@ class Layout:
             opcode = Opcode(word & 7)
         except ValueError:
             raise IsaError(f"unknown opcode {word & 7} in {data.hex()}") from None
-        kw: dict[str, object] = {}
+        kw: dict[str, Any] = {}
         pos = 3
         for flag in _FLAGS:
             kw[flag] = bool((word >> pos) & 1)

@@ -129,7 +129,7 @@ class SimDriver(Driver):
         b, bi, bo = cfg.batch, cfg.block_in, cfg.block_out
         inp_shape = (b, bi // 8) if cfg.inp_bits == 1 else (b, bi)
         wgt_shape = (bo, bi // 8) if cfg.wgt_bits == 1 else (bo, bi)
-        self.sram = {
+        self.sram: dict[Buffer, np.ndarray] = {
             Buffer.UOP: np.zeros(cfg.uop_depth, dtype=np.uint32),
             Buffer.INP: np.zeros((cfg.inp_depth, *inp_shape),
                                  dtype=np.uint8 if cfg.inp_bits == 1 else np.int8),
