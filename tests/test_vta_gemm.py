@@ -150,3 +150,26 @@ def test_resnet18_conv_layer_simulates_fast():
     assert c.gemm_ops == 196 * 144 * 16
     assert elapsed < 10, elapsed
     assert c.gemm_utilization > 0.5
+
+
+def test_missing_token_is_reported_as_a_race():
+    """Without the compute -> load tokens, the load of step 2 overwrites the buffer half the GEMM
+    of step 0 reads while it runs: the simulator names both instructions."""
+    from dataclasses import replace
+
+    from squeezer.targets.vta.hazards import RaceError
+    from squeezer.targets.vta.isa import Load
+
+    cfg = load_config("1x16x16")
+    a, w = _operands(cfg, np.random.default_rng(6), 64, 512, 256)
+    gp = build_gemm(cfg, a, w, tiling=Tiling(64, 16, 8))
+    good, _ = gp.run(SimDriver(cfg))
+    np.testing.assert_array_equal(good, gemm_reference(a, w))
+    insns = gp.program.instructions
+    assert sum(isinstance(i, Load) and i.pop_next for i in insns) == 2
+    gp.program.instructions = [replace(i, pop_next=False) if isinstance(i, Load) else i
+                               for i in insns]
+    with pytest.raises(RaceError, match=r"race: instruction 8 \(LOAD INP, load module\) writes "
+                                        r"INP entries \[0, 512\) and instruction 4 \(GEMM, "
+                                        r"compute module\) reads \[0, 512\) with no dependency"):
+        gp.run(SimDriver(cfg))

@@ -3,6 +3,8 @@ timing counters, deadlock and overflow detection, out-of-range errors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -36,9 +38,9 @@ def test_load_2d_strided_with_padding_then_store_narrows():
     drv, buf, out = _acc_driver(vals)
     base = buf.addr // 64
     load = Load(buffer=Buffer.ACC, sram_base=3, dram_base=base + 1, y_size=3, x_size=2,
-                x_stride=5, y_pad0=1, y_pad1=0, x_pad0=1, x_pad1=1)
+                x_stride=5, y_pad0=1, y_pad1=0, x_pad0=1, x_pad1=1, push_next=True)
     store = Store(buffer=Buffer.OUT, sram_base=3, dram_base=out.addr // 16, y_size=4, x_size=4,
-                  x_stride=4)
+                  x_stride=4, pop_prev=True)
     res = drv.run([load, store, Finish()])
     grid = vals.reshape(4, 5, 16)[:3, 1:3]  # rows 0..2 at stride 5, columns 1..2
     want = np.pad(grid, ((1, 0), (1, 1), (0, 0)))
@@ -172,3 +174,19 @@ def test_out_of_range_accesses_name_instruction_and_field():
                                              wgt_factor_out=10)])
     with pytest.raises(SimError, match=r"instruction 0 \(ALU\): micro-ops \[0, 9000\) outside"):
         drv.run([Alu(alu_op=AluOp.ADD, uop_bgn=0, uop_end=9000, iter_out=1, iter_in=1)])
+
+
+def test_store_before_its_token_is_a_race():
+    vals = np.ones((2, 1, 16), dtype=np.int32)
+    drv, buf, out = _acc_driver(vals)
+    load = Load(buffer=Buffer.ACC, sram_base=0, dram_base=buf.addr // 64, y_size=1, x_size=2,
+                x_stride=0)
+    store = Store(buffer=Buffer.OUT, sram_base=1, dram_base=out.addr // 16, y_size=1, x_size=1,
+                  x_stride=0)
+    with pytest.raises(SimError, match=r"race: instruction 0 \(LOAD ACC, compute module\) writes "
+                                       r"ACC entries \[0, 2\) and instruction 1 \(STORE OUT, "
+                                       r"store module\) reads \[1, 2\)"):
+        drv.run([load, store])
+    # the same pair ordered by a compute -> store token
+    drv.run([replace(load, push_next=True), replace(store, pop_prev=True)])
+    np.testing.assert_array_equal(drv.read(out, 16).view(np.int8), np.ones(16, np.int8))

@@ -1,8 +1,10 @@
 """Device drivers: the :class:`Driver` interface and :class:`SimDriver`, the simulator.
 
 The simulator first schedules the program with the timing model (:mod:`.timing`), then executes it
-functionally in the order the instructions start, so a program whose tokens are right gives the
-program-order result, and one that races shows it. Execution is vectorized per instruction: a GEMM's
+functionally in the order the instructions start, and finally checks that every pair of modules
+touching the same scratchpad entries or DRAM bytes is ordered by tokens (:mod:`.hazards`): a
+program with a missing token raises :class:`~.hazards.RaceError` instead of returning whatever the
+race gave. Execution is vectorized per instruction: a GEMM's
 loops x micro-ops are one gather, one batched product and one scatter-add.
 
 Arithmetic (bit-exact, checked against numpy in the tests): accumulators are int32 and wrap; GEMM
@@ -23,6 +25,7 @@ import numpy as np
 
 from .config import VtaConfig, load_config
 from .errors import SimError
+from .hazards import Access, check_races
 from .isa import Alu, AluOp, Buffer, Finish, Gemm, Instruction, Load, Store
 from .pack import unpack_bits, unpack_int4
 from .program import DRAM_ALIGN, Program
@@ -140,6 +143,7 @@ class SimDriver(Driver):
         from .isa import layout
 
         self.layout = layout(cfg)
+        self._accesses: list[Access] = []
 
     # -- DRAM --
     def alloc(self, nbytes: int) -> DramBuffer:
@@ -175,12 +179,23 @@ class SimDriver(Driver):
 
     # -- execution --
     def run(self, insns: Sequence[Instruction]) -> RunResult:
+        """Schedule, then execute in start order and check that the tokens order every pair
+        of modules touching the same memory (:class:`~.hazards.RaceError` otherwise)."""
         insns = list(insns)
         sched = schedule(self.config, insns)
         if self.functional:
+            self._accesses = []
             for i in sched.order():
                 self._execute(int(i), insns[i])
+            check_races(insns, sched, self._accesses)
         return RunResult(sched.counters, sched)
+
+    def _note(self, i: int, memory: str, lo: int, hi: int, write: bool) -> None:
+        self._accesses.append(Access(i, memory, lo, hi, write))
+
+    def _note_idx(self, i: int, memory: str, idx: np.ndarray, write: bool) -> None:
+        if idx.size:
+            self._accesses.append(Access(i, memory, int(idx.min()), int(idx.max()) + 1, write))
 
     def _execute(self, i: int, insn: Instruction) -> None:
         if isinstance(insn, Load):
@@ -199,6 +214,7 @@ class SimDriver(Driver):
         idx = (insn.dram_base + insn.x_stride * np.arange(insn.y_size)[:, None]
                + np.arange(insn.x_size)[None, :])
         lo, hi = int(idx.min()) * size, (int(idx.max()) + 1) * size
+        self._note(i, "DRAM", lo, hi, isinstance(insn, Store))
         k = bisect.bisect_right(self._bufs, (lo, float("inf"))) - 1
         if k < 0 or not self._bufs[k][0] <= lo or hi > self._bufs[k][1]:
             raise SimError(f"instruction {i} ({insn.opcode.name} {insn.buffer.name}): DRAM bytes "
@@ -222,6 +238,7 @@ class SimDriver(Driver):
         ytot, xtot = self._sram_rows(i, insn, sp.shape[0], insn.buffer.name)
         region = sp[insn.sram_base:insn.sram_base + ytot * xtot]
         region[...] = 0
+        self._note(i, insn.buffer.name, insn.sram_base, insn.sram_base + ytot * xtot, True)
         if insn.y_size == 0 or insn.x_size == 0:
             return
         size = cfg.block_bytes[insn.buffer.name]
@@ -248,6 +265,7 @@ class SimDriver(Driver):
         size = self.config.out_block_bytes
         idx = self._dram_index(i, insn, size)
         n = insn.y_size * insn.x_size
+        self._note(i, "ACC", insn.sram_base, insn.sram_base + n, False)
         vals = acc[insn.sram_base:insn.sram_base + n].astype(np.int8)  # low 8 bits
         self.dram.reshape(-1, size)[idx.ravel()] = vals.reshape(n, -1).view(np.uint8)
 
@@ -281,11 +299,14 @@ class SimDriver(Driver):
         ix = self._indices(i, insn)
         acc = self.sram[Buffer.ACC]
         self._check(i, insn, "dst", ix["dst"], Buffer.ACC)
+        self._note_idx(i, "ACC", ix["dst"], True)
         if insn.reset:
             acc[ix["dst"]] = 0
             return
         self._check(i, insn, "src", ix["src"], Buffer.INP)
         self._check(i, insn, "wgt", ix["wgt"], Buffer.WGT)
+        self._note_idx(i, "INP", ix["src"], False)
+        self._note_idx(i, "WGT", ix["wgt"], False)
         for c in range(0, ix["dst"].size, _CHUNK):
             sl = slice(c, c + _CHUNK)
             prod = self._block_products(self.sram[Buffer.INP][ix["src"][sl]],
@@ -308,8 +329,10 @@ class SimDriver(Driver):
         ix = self._indices(i, insn)
         dst, src = ix["dst"], ix["src"]
         self._check(i, insn, "dst", dst, Buffer.ACC)
+        self._note_idx(i, "ACC", dst, True)
         if not insn.use_imm:
             self._check(i, insn, "src", src, Buffer.ACC)
+            self._note_idx(i, "ACC", src, False)
         acc = self.sram[Buffer.ACC]
         hazard = np.unique(dst).size != dst.size or (
             not insn.use_imm and bool(np.any((src != dst) & np.isin(src, dst))))

@@ -75,11 +75,13 @@ class Counters:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Start and end cycle of every instruction, and the counters."""
+    """Start and end cycle of every instruction, the counters, and for each instruction the
+    instructions whose tokens it popped (``sources``, FIFO-matched)."""
 
     start: np.ndarray
     end: np.ndarray
     counters: Counters
+    sources: tuple[tuple[int, ...], ...] = ()
 
     def order(self) -> np.ndarray:
         """Instruction indices by start cycle (ties by index): the functional execution order."""
@@ -123,6 +125,7 @@ def schedule(cfg: VtaConfig, insns: list[Instruction]) -> Schedule:
     pushes: dict[str, list[int]] = {q: [] for q in _QUEUE_TEXT}
     pushers: dict[str, list[int]] = {q: [] for q in _QUEUE_TEXT}
     pops: dict[str, list[int]] = {q: [] for q in _QUEUE_TEXT}
+    sources: list[list[int]] = [[] for _ in range(n)]
     progressed = True
     while progressed:
         progressed = False
@@ -135,6 +138,7 @@ def schedule(cfg: VtaConfig, insns: list[Instruction]) -> Schedule:
                     break
                 t = max([free[m], *(pushes[q][len(pops[q])] for q in need)])
                 for q in need:
+                    sources[i].append(pushers[q][len(pops[q])])
                     pops[q].append(t)
                 start[i], end[i] = t, t + insn_cycles(cfg, insn)
                 free[m] = int(end[i])
@@ -162,7 +166,8 @@ def schedule(cfg: VtaConfig, insns: list[Instruction]) -> Schedule:
             raise DeadlockError(
                 f"token queue overflow: instruction {i} ({insns[i].opcode.name}) pushes a "
                 f"{_QUEUE_TEXT[q]} token into a full queue (depth {cfg.token_queue_depth})")
-    return Schedule(start, end, _counters(cfg, insns, start, end))
+    return Schedule(start, end, _counters(cfg, insns, start, end),
+                    tuple(tuple(s) for s in sources))
 
 
 def _counters(cfg: VtaConfig, insns: list[Instruction], start: np.ndarray,
