@@ -23,15 +23,25 @@ of consecutive steps overlap; the dependency tokens order every reuse of a half.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
 
 from . import isa
 from .config import VtaConfig, load_config
+from .emit import (
+    TileEmitter,
+    UopTable,
+    add_bias_segment,
+    add_uop_segment,
+    alu_tail,
+    check_weights,
+    epilogue,
+    pack_blocks,
+)
 from .errors import ProgramError
-from .isa import Alu, AluOp, Buffer, Finish, Gemm, Instruction, Load, Store
+from .isa import Buffer, Gemm, Instruction, Load, Store
 from .pack import pack_elements
 from .program import Program
 from .sim import Driver
@@ -175,142 +185,90 @@ def build_gemm(config: VtaConfig | str, a: np.ndarray, w: np.ndarray, *,
     if problem:
         raise ProgramError(problem)
     tm, tn, tk = tiling.tm, tiling.tn, tiling.tk
-    lay = isa.layout(cfg)
     prog = Program(cfg, meta={"kind": "gemm", "M": m, "K": k, "N": n})
 
-    # weights: blocks [nb, kb, bo, bi], padded with 0 (binary: -1)
-    wpad = -1 if cfg.wgt_bits == 1 else 0
-    wfull = np.full((nb * bo, kb * bi), wpad, dtype=np.int8)
-    lo, hi = {8: (-128, 127), 4: (-8, 7), 1: (-1, 1)}[cfg.wgt_bits]
-    if w.size and (w.min() < lo or w.max() > hi):
-        raise ProgramError(f"weights: a {cfg.wgt_bits}-bit core takes values in [{lo}, {hi}], "
-                           f"got [{w.min()}, {w.max()}]")
+    # weights: blocks [nb, kb, bo, bi], padded with 0 (binary: -1), grouped per (n-tile, k-step)
+    check_weights(cfg, w)
+    wfull = np.full((nb * bo, kb * bi), -1 if cfg.wgt_bits == 1 else 0, dtype=np.int8)
     wfull[:n, :k] = w
     wblocks = wfull.reshape(nb, bo, kb, bi).transpose(0, 2, 1, 3)
     nonzero = (wblocks != 0).any(axis=(2, 3)) if skip_zero_blocks else np.ones((nb, kb), bool)
     groups: dict[tuple[int, int], tuple[int, list[tuple[int, int]]]] = {}
-    images, offset = [], 0
+    blocks: list[np.ndarray] = []
     for jt, kt in product(range(-(-nb // tn)), range(-(-kb // tk))):
         j0, k0 = jt * tn, kt * tk
         pairs = [(j, kk) for j in range(min(tn, nb - j0)) for kk in range(min(tk, kb - k0))
                  if nonzero[j0 + j, k0 + kk]]
         if pairs:
-            groups[jt, kt] = (offset, pairs)
-            images.append(np.stack([wblocks[j0 + j, k0 + kk] for j, kk in pairs]))
-            offset += len(pairs)
-    try:
-        wimg = pack_elements(np.concatenate(images) if images else np.zeros((0, bo, bi)),
-                             cfg.wgt_bits)
-    except ValueError as err:
-        raise ProgramError(f"weights: {err}") from None
-
+            groups[jt, kt] = (len(blocks), pairs)
+            blocks += [wblocks[j0 + j, k0 + kk] for j, kk in pairs]
     inp = prog.add_segment("inp", "inp", _pack_input(cfg, a, m, k))
-    wseg = prog.add_segment("wgt", "wgt", wimg)
-    bseg = None
-    if bias is not None:
-        bias = np.asarray(bias)
-        if bias.shape != (n,):
-            raise ProgramError(f"bias: expected shape {(n,)}, got {bias.shape}")
-        bfull = np.zeros(nb * bo, dtype=np.int32)
-        bfull[:n] = bias
-        bseg = prog.add_segment("bias", "acc", np.ascontiguousarray(
-            np.broadcast_to(bfull.reshape(nb, 1, bo), (nb, b, bo))).astype("<i4"))
+    wseg = prog.add_segment("wgt", "wgt", pack_blocks(cfg, blocks))
+    bseg = add_bias_segment(prog, bias, n) if bias is not None else None
 
-    # scratchpad bases per slot, and the micro-ops
+    # scratchpad halves and micro-ops (every variant first: the prologue loads them)
+    nbias = tn if bias is not None else 0
     ibase = [s * tm * tk for s in range(slots)]
     wbase = [s * tn * tk for s in range(slots)]
-    abase = [s * (tm * tn + (tn if bias is not None else 0)) for s in range(slots)]
-    bbase = [abase[s] + tm * tn for s in range(slots)]
-    uops: list[tuple[int, int, int]] = []
-    for s in range(slots):
-        uops += [(abase[s], 0, 0), (abase[s], bbase[s] if bias is not None else 0, 0)]
-    special = len(uops)
-    variants: dict[tuple[int, int, int, int], tuple[int, int]] = {}
+    abase = [s * (tm * tn + nbias) for s in range(slots)]
+    uops = UopTable(abase, [a + tm * tn if nbias else 0 for a in abase])
+    tiles = list(product(range(-(-mb // tm)), range(-(-nb // tn))))
 
     def variant(jt: int, kt: int, sl: int, asl: int) -> tuple[int, int]:
-        key = (jt, kt, sl, asl)
-        if key not in variants:
-            _, pairs = groups[jt, kt]
-            variants[key] = (len(uops), len(pairs))
-            uops.extend((abase[asl] + j, ibase[sl] + kk, wbase[sl] + p)
-                        for p, (j, kk) in enumerate(pairs))
-        return variants[key]
+        return uops.variant((jt, kt, sl, asl), [
+            (abase[asl] + j, ibase[sl] + kk, wbase[sl] + p)
+            for p, (j, kk) in enumerate(groups[jt, kt][1])])
 
-    # the schedule of tiles and steps (only k-steps whose weight group is non-empty)
-    tiles = list(product(range(-(-mb // tm)), range(-(-nb // tn))))
-    steps = [(t, kt) for t, (_, jt) in enumerate(tiles) for kt in range(-(-kb // tk))
+    steps = [(t, jt, kt) for t, (_, jt) in enumerate(tiles) for kt in range(-(-kb // tk))
              if (jt, kt) in groups]
-    for i, (t, kt) in enumerate(steps):
-        variant(tiles[t][1], kt, i % slots, t % slots)
+    for i, (t, jt, kt) in enumerate(steps):
+        variant(jt, kt, i % slots, t % slots)
     resident = len(uops) <= cfg.uop_depth  # else each GEMM loads its micro-ops first
-    uarr = np.array(uops, dtype=np.int64).reshape(-1, 3)
-    useg = prog.add_segment("uop", "uop", lay.encode_uops(uarr[:, 0], uarr[:, 1], uarr[:, 2]))
+    useg = add_uop_segment(prog, uops)
     oseg = prog.add_segment("out", "out", mb * nb * cfg.out_block_bytes)
+    u0, i0 = useg.elem(cfg, Buffer.UOP), inp.elem(cfg, Buffer.INP)
+    w0, o0 = wseg.elem(cfg, Buffer.WGT), oseg.elem(cfg, Buffer.OUT)
 
-    u0 = useg.elem(cfg, Buffer.UOP)
-    insns: list[Instruction] = [Load(buffer=Buffer.UOP, sram_base=0, dram_base=u0, y_size=1,
-                                     x_size=len(uops) if resident else special, x_stride=0)]
-    i0e, w0e = inp.elem(cfg, Buffer.INP), wseg.elem(cfg, Buffer.WGT)
-    o0e = oseg.elem(cfg, Buffer.OUT)
-    n_steps = 0
-    for t, (it, jt) in enumerate(tiles):
-        a_s = t % slots
+    em = TileEmitter(slots, [Load(buffer=Buffer.UOP, sram_base=0, dram_base=u0, y_size=1,
+                                  x_size=len(uops) if resident else uops.special, x_stride=0)])
+    ops = epilogue(kb * bi - k if cfg.binary_gemm else 0, bias is not None, shift, clip)
+    for it, jt in tiles:
+        a_s = em.tile_slot
         tme, tne = min(tm, mb - it * tm), min(tn, nb - jt * tn)
-        first = {"pop_next": t >= slots}
+        loop = {"iter_out": tme, "iter_in": tne, "dst_factor_out": tne, "dst_factor_in": 1}
+        prefix: list[Instruction] = []
         if bseg is not None:
-            insns.append(Load(buffer=Buffer.ACC, sram_base=bbase[a_s],
-                              dram_base=bseg.elem(cfg, Buffer.ACC) + jt * tn, y_size=1,
-                              x_size=tne, x_stride=0, **first))
-            first = {}
-        tile_loop = {"iter_out": tme, "iter_in": tne, "dst_factor_out": tne, "dst_factor_in": 1}
-        insns.append(Gemm(reset=True, uop_bgn=2 * a_s, uop_end=2 * a_s + 1, **tile_loop, **first))
+            prefix.append(Load(buffer=Buffer.ACC, sram_base=abase[a_s] + tm * tn,
+                               dram_base=bseg.elem(cfg, Buffer.ACC) + jt * tn, y_size=1,
+                               x_size=tne, x_stride=0))
+        bgn, end = uops.reset(a_s)
+        em.begin_tile([*prefix, Gemm(reset=True, uop_bgn=bgn, uop_end=end, **loop)])
         for kt in range(-(-kb // tk)):
             if (jt, kt) not in groups:
                 continue
-            s = n_steps % slots
+            s = em.step_slot
             tke = min(tk, kb - kt * tk)
             woff, pairs = groups[jt, kt]
-            insns.append(Load(buffer=Buffer.INP, sram_base=ibase[s],
-                              dram_base=i0e + it * tm * kb + kt * tk, y_size=tme, x_size=tke,
-                              x_stride=kb, pop_next=n_steps >= slots))
-            insns.append(Load(buffer=Buffer.WGT, sram_base=wbase[s], dram_base=w0e + woff,
-                              y_size=1, x_size=len(pairs), x_stride=0, push_next=True))
+            loads = [Load(buffer=Buffer.INP, sram_base=ibase[s], dram_base=i0 + it * tm * kb
+                          + kt * tk, y_size=tme, x_size=tke, x_stride=kb),
+                     Load(buffer=Buffer.WGT, sram_base=wbase[s], dram_base=w0 + woff, y_size=1,
+                          x_size=len(pairs), x_stride=0)]
             bgn, cnt = variant(jt, kt, s, a_s)
+            prep: list[Instruction] = []
             if not resident:
-                insns.append(Load(buffer=Buffer.UOP, sram_base=special, dram_base=u0 + bgn,
-                                  y_size=1, x_size=cnt, x_stride=0))
-                bgn = special
-            insns.append(Gemm(uop_bgn=bgn, uop_end=bgn + cnt, iter_out=tme, iter_in=1,
-                              dst_factor_out=tne, src_factor_out=tke, pop_prev=True,
-                              push_prev=True))
-            n_steps += 1
-        epilogue: list[tuple[AluOp, int | None]] = []
-        if bseg is not None:
-            epilogue.append((AluOp.ADD, None))
-        if cfg.binary_gemm and kb * bi != k:
-            epilogue.append((AluOp.ADD, -(kb * bi - k)))
-        if shift:
-            epilogue.append((AluOp.SHR, shift))
-        if clip is not None:
-            epilogue += [(AluOp.MAX, int(clip[0])), (AluOp.MIN, int(clip[1]))]
-        for op, imm in epilogue:
-            if imm is None:
-                insns.append(Alu(alu_op=op, uop_bgn=2 * a_s + 1, uop_end=2 * a_s + 2,
-                                 src_factor_in=1, **tile_loop))
-            else:
-                insns.append(Alu(alu_op=op, use_imm=True, imm=imm, uop_bgn=2 * a_s,
-                                 uop_end=2 * a_s + 1, **tile_loop))
-        insns[-1] = replace(insns[-1], push_next=True)
-        insns.append(Store(buffer=Buffer.OUT, sram_base=abase[a_s],
-                           dram_base=o0e + it * tm * nb + jt * tn, y_size=tme, x_size=tne,
-                           x_stride=nb, pop_prev=True, push_prev=True))
-    for _ in range(min(len(tiles), slots) - 1):  # wait for every store before FINISH
-        insns.append(Gemm(uop_bgn=0, uop_end=0, iter_out=1, iter_in=1, pop_next=True))
-    insns.append(Finish(pop_next=True))
-    prog.instructions = insns
+                prep.append(Load(buffer=Buffer.UOP, sram_base=uops.special, dram_base=u0 + bgn,
+                                 y_size=1, x_size=cnt, x_stride=0))
+                bgn = uops.special
+            em.step(loads, [Gemm(uop_bgn=bgn, uop_end=bgn + cnt, iter_out=tme, iter_in=1,
+                                 dst_factor_out=tne, src_factor_out=tke)], prep)
+        tail = alu_tail(ops, uops, a_s, [loop], [{**loop, "src_factor_in": 1}])
+        em.end_tile(tail, [Store(buffer=Buffer.OUT, sram_base=abase[a_s],
+                                 dram_base=o0 + it * tm * nb + jt * tn, y_size=tme, x_size=tne,
+                                 x_stride=nb)])
+    prog.instructions = em.finish()
     prog.meta.update({"tm": tm, "tn": tn, "tk": tk, "double_buffer": int(double_buffer)})
     return GemmProgram(prog, (m, k, n), tiling, int(nonzero.sum()), nb * kb,
-                       {"uops": len(uops), "uops_resident": int(resident), "steps": n_steps,
+                       {"uops": len(uops), "uops_resident": int(resident), "steps": em.steps,
                         "padded_k": kb * bi - k})
 
 
