@@ -18,6 +18,7 @@ buffering, 1: serialized):
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,7 @@ def epilogue(cfg_binary_pad: int, bias: bool, shift: int,
 
 
 def alu_tail(ops: list[tuple[AluOp, int | None]], uops: UopTable, slot: int,
-             loops: list[dict[str, int]], bias_loops: list[dict[str, int]]) -> list[Instruction]:
+             loops: list[dict[str, Any]], bias_loops: list[dict[str, Any]]) -> list[Instruction]:
     """ALU instructions for ``ops`` over an accumulator tile; ``loops`` are the loop fields of
     each instruction covering the tile (immediate ops), ``bias_loops`` those of the bias ADD."""
     out: list[Instruction] = []
