@@ -91,7 +91,7 @@ def test_field_out_of_range_names_the_field():
              pop_prev=True)
     with pytest.raises(IsaError, match="unknown opcode 7"):
         lay.decode(bytes([7]) + bytes(15))
-    with pytest.raises(IsaError, match="unused bits 122..127 are not zero"):
+    with pytest.raises(IsaError, match="unused bits 123..127 are not zero"):
         lay.decode(bytes(15) + bytes([0x80]))
 
 

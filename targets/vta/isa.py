@@ -110,7 +110,10 @@ class _Mem(Instruction):
 
 @dataclass(frozen=True, kw_only=True)
 class Load(_Mem):
-    """2-D strided DMA from DRAM into a scratchpad; padded entries are filled with zero bytes.
+    """2-D strided DMA from DRAM into a scratchpad; padded entries are filled with zero bytes,
+    or with the minimum of the entry's element type when ``pad_min`` is set (int8 -128, int4 -8,
+    int32 -2^31; +-1 bits and micro-ops: zero bits). A uint8 tensor stored shifted by -128 is
+    padded with its zero point 0 this way.
 
     Element units: ``dram_base`` and ``x_stride`` count DRAM elements of the buffer's block size
     (``cfg.block_bytes``), ``sram_base`` counts scratchpad entries. The scratchpad receives
@@ -118,6 +121,7 @@ class Load(_Mem):
     """
 
     opcode: ClassVar[Opcode] = Opcode.LOAD
+    pad_min: bool = False
 
     @property
     def module(self) -> Module:
@@ -259,7 +263,7 @@ class Layout:
                 kw["buffer"] = Buffer(kw["buffer"])
             if "alu_op" in kw:
                 kw["alu_op"] = AluOp(kw["alu_op"])
-            for name in ("reset", "use_imm"):
+            for name in ("reset", "use_imm", "pad_min"):
                 if name in kw:
                     kw[name] = bool(kw[name])
         except ValueError as err:
@@ -304,7 +308,7 @@ def _layout(cfg: VtaConfig) -> Layout:
             ("iter_in", LOOP_ITER_BITS), ("dst_factor_out", la), ("dst_factor_in", la))
     mem = tuple(MEM_WIDTHS.items())
     widths = {
-        Opcode.LOAD: mem, Opcode.STORE: mem, Opcode.FINISH: (),
+        Opcode.LOAD: (*mem, ("pad_min", 1)), Opcode.STORE: mem, Opcode.FINISH: (),
         Opcode.GEMM: (("reset", 1), *loop, ("src_factor_out", li), ("src_factor_in", li),
                       ("wgt_factor_out", lw), ("wgt_factor_in", lw)),
         Opcode.ALU: (*loop, ("src_factor_out", la), ("src_factor_in", la), ("alu_op", 3),

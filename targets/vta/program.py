@@ -150,6 +150,8 @@ def format_insn(insn: Instruction) -> str:
         pad = ""
         if insn.y_pad0 or insn.y_pad1 or insn.x_pad0 or insn.x_pad1:
             pad = f" pad=y({insn.y_pad0},{insn.y_pad1}) x({insn.x_pad0},{insn.x_pad1})"
+            if isinstance(insn, Load) and insn.pad_min:
+                pad += " min"
         text = (f"{insn.opcode.name:<6} {insn.buffer.name:<3} sram={insn.sram_base} "
                 f"dram={insn.dram_base} y={insn.y_size} x={insn.x_size} "
                 f"stride={insn.x_stride}{pad}")

@@ -237,7 +237,8 @@ class SimDriver(Driver):
         sp = self.sram[insn.buffer]
         ytot, xtot = self._sram_rows(i, insn, sp.shape[0], insn.buffer.name)
         region = sp[insn.sram_base:insn.sram_base + ytot * xtot]
-        region[...] = 0
+        region[...] = _pad_min(sp.dtype, cfg.wgt_bits if insn.buffer == Buffer.WGT else 8) \
+            if insn.pad_min else 0
         self._note(i, insn.buffer.name, insn.sram_base, insn.sram_base + ytot * xtot, True)
         if insn.y_size == 0 or insn.x_size == 0:
             return
@@ -343,6 +344,13 @@ class SimDriver(Driver):
         for d, s in zip(dst, src, strict=True):  # an op reads what an earlier op wrote
             y = np.int32(insn.imm) if insn.use_imm else acc[s]
             acc[d] = _alu_op(insn.alu_op, acc[d], y)
+
+
+def _pad_min(dtype: np.dtype, bits: int) -> int:
+    """Fill value of a ``pad_min`` LOAD: the element type's minimum (packed bits: 0 = -1)."""
+    if dtype == np.uint8 or dtype == np.uint32:
+        return 0
+    return -(1 << (bits - 1)) if dtype == np.int8 else int(np.iinfo(dtype).min)
 
 
 def _alu_op(op: AluOp, x: np.ndarray, y: np.ndarray | np.int32) -> np.ndarray:
