@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from squeezer.cli import main
-from squeezer.targets.vta.errors import ProgramError
+from squeezer.targets.vta.errors import ProgramError, SimError
 from squeezer.targets.vta.gemm_program import Tiling, build_gemm, gemm_reference
 from squeezer.targets.vta.isa import Alu, AluOp, Finish
 from squeezer.targets.vta.program import Program, disasm
@@ -84,3 +84,26 @@ def test_load_errors(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ProgramError, match="other.npz: not a VTA program"):
         Program.load(tmp_path / "other.npz")
+
+
+def test_run_program_checks_and_timing_only_mode(gemm):
+    gp, ref = gemm
+    prog = gp.program
+    full = SimDriver(prog.config).run_program(prog)
+    timed = SimDriver(prog.config, functional=False).run_program(prog)
+    assert timed.counters == full.counters  # the timing model does not need the data
+    np.testing.assert_array_equal(gp.unpack_output(full.outputs["out"]), ref)
+    with pytest.raises(SimError, match="program is for config 1x16x16-int4w, the device runs "
+                                       "1x16x16"):
+        SimDriver("1x16x16").run_program(prog)
+    with pytest.raises(SimError, match="input 'x' is not a segment of the program"):
+        SimDriver(prog.config).run_program(prog, {"x": np.zeros(3, np.uint8)})
+    with pytest.raises(SimError, match=r"segment inp: expected 960 bytes, got 3"):
+        SimDriver(prog.config).run_program(prog, {"inp": np.zeros(3, np.uint8)})
+    drv = SimDriver(prog.config)
+    buf = drv.alloc(100)
+    with pytest.raises(SimError, match=r"DRAM access \[96, 104\) outside the buffer of 100 bytes"):
+        drv.write(buf, np.zeros(8, np.uint8), 96)
+    drv.free(buf)
+    with pytest.raises(SimError, match="is not allocated"):
+        drv.read(buf)
