@@ -180,7 +180,8 @@ class SimDriver(Driver):
     # -- execution --
     def run(self, insns: Sequence[Instruction]) -> RunResult:
         """Schedule, then execute in start order and check that the tokens order every pair
-        of modules touching the same memory (:class:`~.hazards.RaceError` otherwise)."""
+        of modules touching the same memory (:class:`~.hazards.RaceError` otherwise). With
+        ``functional=False`` only the schedule is computed (no data, no race check)."""
         insns = list(insns)
         sched = schedule(self.config, insns)
         if self.functional:
