@@ -129,7 +129,9 @@ class Program:
                                            f"table says {s['nbytes']}")
                     segs[s["name"]] = Segment(s["name"], s["kind"], s["offset"], s["nbytes"],
                                               data)
-        except (OSError, zipfile.BadZipFile, KeyError, ValueError) as err:
+        except OSError as err:
+            raise ProgramError(f"{path}: cannot read the program: {err.strerror or err}") from err
+        except (zipfile.BadZipFile, KeyError, ValueError) as err:
             if isinstance(err, VtaError):
                 raise ProgramError(f"{path}: {err}") from err
             raise ProgramError(f"{path}: not a VTA program: {err}") from err
