@@ -354,15 +354,8 @@ def compile_layer(layer: Layer, config: VtaConfig | str, knobs: Knobs | None = N
                   ) -> LayerProgram:
     """Compile a layer to a VTA program (see :func:`squeezer.targets.vta.lower.compile_layer`).
 
-    Imported lazily: the compiler needs TVM, this module does not. Until the compiler package
-    ``lower`` is committed (same session as this module) this raises ``NotImplementedError``.
+    Imported lazily: the compiler needs TVM, this module does not.
     """
-    try:
-        from .lower import compile_layer as _compile
-    except ModuleNotFoundError as err:
-        if err.name != f"{__package__}.lower":
-            raise
-        raise NotImplementedError("the VTA layer compiler (targets/vta/lower) is not built "
-                                  "yet") from None
+    from .lower import compile_layer as _compile
 
     return _compile(layer, config, knobs)
