@@ -49,6 +49,7 @@ CONVS = [  # in_shape, out channels, kernel, stride, padding, in dtype, zero poi
     ((1, 17, 6, 7), 9, 3, (1, 1), (1, 1, 1, 1), "int8", -128),
     ((2, 17, 5, 5), 17, 3, (1, 1), (1, 1, 1, 1), "uint8", 0),
     ((1, 16, 7, 7), 16, 1, (2, 2), (0, 0, 0, 0), "uint8", 37),
+    ((1, 5, 3, 4), 7, 1, (1, 1), (2, 1, 2, 3), "uint8", 0),  # rows and columns of padding only
 ]
 
 
@@ -163,6 +164,17 @@ def test_scratchpad_overflow_is_a_compile_error_naming_it():
     assert footprint(cfg, shape_of(prepare(layer, cfg)), knobs)["INP"] == 28800
     with pytest.raises(LayerError, match="knob tile_h=5 does not divide the y loop of 28"):
         compile_layer(layer, "1x16x16", Knobs(tile_h=5))
+
+
+def test_padding_rows_only_and_too_much_padding():
+    rng = np.random.default_rng(11)
+    layer = ConvLayer("p1", (1, 5, 3, 4), "int8", 0, rng.integers(-128, 128, (7, 5, 1, 1)),
+                      (1, 1), (2, 1, 2, 3), requant(rng, 7))
+    run_exact(layer, "1x16x16", Knobs(tile_h=1, tile_w=1, virtual_threads=1))
+    wide = ConvLayer("p16", (1, 5, 3, 4), "int8", 0, layer.weight, (1, 1), (0, 16, 0, 0),
+                     layer.requant)
+    with pytest.raises(LayerError, match="conv 'p16' .*padding 16 of a x edge exceeds the 15"):
+        compile_layer(wide, "1x16x16", Knobs(tile_w=20))
 
 
 def test_padding_the_core_cannot_express():

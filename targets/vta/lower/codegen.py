@@ -30,18 +30,15 @@ import numpy as np
 from .. import isa
 from ..config import VtaConfig
 from ..errors import IsaError, ProgramError
-from ..isa import Alu, AluOp, Buffer, Finish, Gemm, Instruction, Load, Store
+from ..isa import Alu, Buffer, Finish, Gemm, Instruction, Load, Store
 from ..layer import LayerError
 from ..pack import pack_elements
 from ..program import Program
-from .affine import ITER_MAX, EntryMap, LoopNest, Tile, dram_strides, entry_map, tile_of
+from .affine import ITER_MAX, EntryMap, LoopNest, entry_map, tile_of
 from .intrin import ACC_SCOPE, GEMM_CALL, INP_SCOPE, RESET_CALL, WGT_SCOPE
+from .patterns import alu_plan, dma_patterns, find_access, loop_fields, uop_rows
 from .schedule import VTHREAD_ATTR
-from .walk import Access, Block
-
-_ALU_OPS = {"Add": AluOp.ADD, "Mul": AluOp.MUL, "Max": AluOp.MAX, "Min": AluOp.MIN,
-            "RShift": AluOp.SHR}
-PAD_MAX = 15
+from .walk import Block
 
 
 @dataclass
@@ -84,13 +81,6 @@ def _classify(blocks: list[Block]) -> dict[str, list[Block]]:
     return kinds
 
 
-def _find(accs: list[Access], scope: str, exclude: str | None = None) -> Access:
-    hits = [a for a in accs if a.scope == scope and a.buffer != exclude]
-    if len(hits) != 1:
-        raise ProgramError(f"expected one {scope} access, got {[a.buffer for a in hits]}")
-    return hits[0]
-
-
 class _Emitter:
     """Instruction list with the token protocol and the micro-op variants."""
 
@@ -116,76 +106,6 @@ class _Emitter:
 
     def flag(self, idx: int, **flags: bool) -> None:
         self.insns[idx] = replace(self.insns[idx], **flags)
-
-
-def _loops(nest: LoopNest, inst: list[int]) -> dict[str, int]:
-    """iter_out / iter_in and the factor fields of up to two instruction loops (outer first)."""
-    out = {"iter_out": 1, "iter_in": 1}
-    for level, li in zip(("out", "in"), inst, strict=False):
-        out[f"iter_{level}"] = nest.extents[li]
-        for name, col in zip(("dst", "src", "wgt"), nest.coefs, strict=False):
-            out[f"{name}_factor_{level}"] = int(col[li])
-    return out
-
-
-def _uop_rows(nest: LoopNest, uop_loops: list[int], bases: list[int]) -> np.ndarray:
-    combos = nest.enumerate(uop_loops)
-    cols = [b + combos @ c[uop_loops] for b, c in zip(bases, nest.coefs, strict=False)]
-    while len(cols) < 3:
-        cols.append(np.zeros(len(combos), np.int64))
-    return np.stack(cols, axis=1)
-
-
-def _dma(block: Block, depth: int, sram: EntryMap, dram: Access, outer: np.ndarray,
-         where: str) -> list[dict]:
-    """2-D DMA patterns of a copy block at concrete outer loop values (padding where the DRAM
-    index leaves the tensor)."""
-    ext = [lp.extent for lp in block.loops[depth:]]
-    dcoef = dram.coef[:, depth:]
-    flat = dram_strides(dram) @ dram.coef
-    keep = [i for i in range(len(ext)) if ext[i] > 1 and (sram.coef[i] or flat[i + depth])]
-    # x: the innermost loop if contiguous on both sides; y: the next one if its rows follow
-    # each other in the scratchpad; every other loop gives one DMA per value
-    x = keep[-1] if keep and sram.coef[keep[-1]] == 1 and flat[keep[-1] + depth] == 1 else None
-    cand = [i for i in keep if i != x]
-    y = cand[-1] if cand and sram.coef[cand[-1]] == (ext[x] if x is not None else 1) else None
-    rest = [i for i in keep if i not in (x, y)]
-    start0 = dram.base + dram.coef[:, :depth] @ outer[:depth]
-    shape = np.array(dram.shape)
-    dst = dram_strides(dram)
-    out = []
-    for combo in product(*[range(ext[i]) for i in rest]):
-        inner = np.zeros(len(ext), np.int64)
-        inner[rest] = combo
-        start = start0 + dcoef @ inner
-        pads, sizes = {}, {}
-        for axis, li in (("x", x), ("y", y)):
-            if li is None:
-                pads[axis], sizes[axis] = (0, 0), 1
-                continue
-            dims = np.flatnonzero(dcoef[:, li])
-            n = ext[li]
-            if len(dims) == 1 and dcoef[dims[0], li] == 1:
-                d = dims[0]
-                p0 = max(0, -int(start[d]))
-                p1 = max(0, int(start[d]) + n - int(shape[d]))
-                start[d] += p0
-            else:
-                p0 = p1 = 0
-            if p0 > PAD_MAX or p1 > PAD_MAX:
-                raise LayerError(f"{where}: padding {max(p0, p1)} of a {axis} edge exceeds "
-                                 f"the {PAD_MAX} a LOAD can fill")
-            pads[axis], sizes[axis] = (p0, p1), n - p0 - p1
-        live = sizes["x"] > 0 and sizes["y"] > 0
-        if live and ((start < 0).any() or (start >= shape).any()):
-            raise ProgramError(f"{where}: block {block.name}: a copy leaves {dram.buffer}")
-        out.append({
-            "sram": int(sram.base + inner @ sram.coef), "dram": int(dst @ start),
-            "y_size": max(sizes["y"], 0), "x_size": max(sizes["x"], 0),
-            "x_stride": int(dst @ dcoef[:, y]) if y is not None else 0,
-            "y_pad0": pads["y"][0], "y_pad1": pads["y"][1],
-            "x_pad0": pads["x"][0], "x_pad1": pads["x"][1]})
-    return out
 
 
 def _check_fit(cfg: VtaConfig, where: str, need: dict[str, int]) -> None:
@@ -219,17 +139,17 @@ def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int)
     pbase = [abase[s] + acc_n for s in range(slots)]
 
     # GEMM operands and loops
-    g_dst = entry_map(_find(gemm.writes, ACC_SCOPE), acc_t, sdepth)
-    g_src = entry_map(_find(gemm.reads, INP_SCOPE), inp_t, sdepth)
-    g_wgt = entry_map(_find(gemm.reads, WGT_SCOPE), wgt_t, sdepth)
+    g_dst = entry_map(find_access(gemm.writes, ACC_SCOPE), acc_t, sdepth)
+    g_src = entry_map(find_access(gemm.reads, INP_SCOPE), inp_t, sdepth)
+    g_wgt = entry_map(find_access(gemm.reads, WGT_SCOPE), wgt_t, sdepth)
     g_nest = LoopNest.of([lp.extent for lp in gemm.loops[sdepth:]],
                          [g_dst.coef, g_src.coef, g_wgt.coef]).fuse()
     g_inst, g_uop = g_nest.split(allowed=g_nest.coefs[2] == 0)
-    g_rows = _uop_rows(g_nest, g_uop, [g_dst.base, g_src.base, g_wgt.base])
+    g_rows = uop_rows(g_nest, g_uop, [g_dst.base, g_src.base, g_wgt.base])
     r_dst = entry_map(reset.writes[0], acc_t, tdepth)
     r_nest = LoopNest.of([lp.extent for lp in reset.loops[tdepth:]], [r_dst.coef]).fuse()
     r_inst, r_uop = r_nest.split()
-    r_rows = _uop_rows(r_nest, r_uop, [r_dst.base])
+    r_rows = uop_rows(r_nest, r_uop, [r_dst.base])
 
     # weight groups (one per tile x step), in program order
     wshape = wgt_t.extents[:4]
@@ -268,9 +188,9 @@ def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int)
     wslot: list[tuple | None] = [None] * slots
     pslot: list[tuple | None] = [None] * slots
     step = 0
-    alus = [_alu_plan(b, acc_t, par_t, tdepth, inp.where) for b in k["alu"]]
+    alus = [alu_plan(b, acc_t, par_t, tdepth, inp.where) for b in k["alu"]]
 
-    def compute(insn: Instruction, key: tuple, make) -> int:
+    def compute(insn: Gemm | Alu, key: tuple, make) -> int:
         off, cnt = em.variant(key, make)
         i = em.add(replace(insn, uop_bgn=0, uop_end=cnt))
         em.uop_refs.append((i, off))
@@ -284,13 +204,13 @@ def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int)
             if pslot[a] != porigin:
                 smap = entry_map(pld.writes[0], par_t, tdepth)
                 smap = EntryMap(smap.base + pbase[a], smap.coef)
-                for d in _dma(pld, tdepth, smap, pld.reads[0], tv, inp.where):
+                for d in dma_patterns(pld, tdepth, smap, pld.reads[0], tv, inp.where):
                     em.add(Load(buffer=Buffer.ACC, sram_base=d["sram"],
                                 dram_base=seg_p.elem(cfg, Buffer.ACC) + d["dram"],
                                 y_size=d["y_size"], x_size=d["x_size"],
                                 x_stride=d["x_stride"]))
                 pslot[a] = porigin
-        compute(Gemm(reset=True, uop_bgn=0, uop_end=0, **_loops(r_nest, r_inst)),
+        compute(Gemm(reset=True, uop_bgn=0, uop_end=0, **loop_fields(r_nest, r_inst)),
                 ("reset", a), lambda a=a: r_rows + [abase[a], 0, 0])
         for sv in range(step_loop.extent):
             outer = np.append(tv, sv)
@@ -302,7 +222,8 @@ def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int)
             loads = []
             imap = entry_map(ild.writes[0], inp_t, sdepth)
             imap = EntryMap(imap.base + ibase[s], imap.coef)
-            for d in _dma(ild, sdepth, imap, _find(ild.reads, "global"), outer, inp.where):
+            src = find_access(ild.reads, "global")
+            for d in dma_patterns(ild, sdepth, imap, src, outer, inp.where):
                 loads.append(Load(buffer=Buffer.INP, sram_base=d["sram"],
                                   dram_base=seg_in.elem(cfg, Buffer.INP) + d["dram"],
                                   y_size=d["y_size"], x_size=d["x_size"],
@@ -328,21 +249,21 @@ def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int)
                 return rows + [abase[a], ibase[s], wbase[s]]
 
             compute(Gemm(uop_bgn=0, uop_end=0, pop_prev=True, push_prev=True,
-                         **_loops(g_nest, g_inst)), ("gemm", a, s, origin), make)
+                         **loop_fields(g_nest, g_inst)), ("gemm", a, s, origin), make)
             step += 1
         for n, (op, imm, nest, inst, rows) in enumerate(alus):
             compute(Alu(alu_op=op, use_imm=imm is not None, imm=imm or 0, uop_bgn=0, uop_end=0,
-                        **_loops(nest, inst)), ("alu", n, a),
+                        **loop_fields(nest, inst)), ("alu", n, a),
                     lambda a=a, rows=rows: rows + [abase[a], pbase[a], 0])
         em.flag(first, pop_next=t >= slots)
         em.flag(len(em.insns) - 1, push_next=True)
-        o_read = _find(store.reads, ACC_SCOPE)
+        o_read = find_access(store.reads, ACC_SCOPE)
         smap = entry_map(o_read, acc_t, tdepth)
         smap = EntryMap(smap.base + abase[a], smap.coef)
         sts = [Store(buffer=Buffer.OUT, sram_base=d["sram"],
                      dram_base=seg_o.elem(cfg, Buffer.OUT) + d["dram"], y_size=d["y_size"],
                      x_size=d["x_size"], x_stride=d["x_stride"])
-               for d in _dma(store, tdepth, smap, store.writes[0], tv, inp.where)]
+               for d in dma_patterns(store, tdepth, smap, store.writes[0], tv, inp.where)]
         sts[0] = replace(sts[0], pop_prev=True)
         sts[-1] = replace(sts[-1], push_prev=True)
         for st in sts:
@@ -359,39 +280,6 @@ def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int)
                       "dense_weight_blocks": int(np.prod(nonzero.shape)), "tiles": len(tiles),
                       "steps": step})
     return prog
-
-
-def _alu_plan(block: Block, acc_t: Tile, par_t: Tile | None, depth: int, where: str):
-    value = block.body.value
-    negate = type(value).__name__ == "Sub"  # x + (-c) is simplified to x - c
-    op = AluOp.ADD if negate else _ALU_OPS.get(type(value).__name__)
-    if op is None:
-        raise ProgramError(f"{where}: block {block.name}: {value} is not an ALU operation")
-    dst = entry_map(block.writes[0], acc_t, depth)
-    acc_reads = [r for r in block.reads if r.scope == ACC_SCOPE and
-                 (par_t is None or r.buffer != par_t.buffer)]
-    same = len(acc_reads) == 1 and (lambda m: m.base == dst.base and
-                                    np.array_equal(m.coef, dst.coef))(
-        entry_map(acc_reads[0], acc_t, depth))
-    if not same:
-        raise ProgramError(f"{where}: block {block.name}: not in place on the accumulator tile")
-    other = value.b
-    if negate and type(other).__name__ != "IntImm":
-        raise ProgramError(f"{where}: block {block.name}: the ALU cannot subtract a vector")
-    if type(other).__name__ == "IntImm":
-        imm = -int(other.value) if negate else int(other.value)
-        lo, hi = -(1 << (isa.ALU_IMM_BITS - 1)), (1 << (isa.ALU_IMM_BITS - 1)) - 1
-        if not lo <= imm <= hi:
-            raise LayerError(f"{where}: ALU immediate {imm} outside {lo}..{hi}")
-        nest = LoopNest.of([lp.extent for lp in block.loops[depth:]], [dst.coef]).fuse()
-        inst, uop = nest.split()
-        return op, imm, nest, inst, _uop_rows(nest, uop, [dst.base])
-    if par_t is None:
-        raise ProgramError(f"{where}: block {block.name}: a vector operand without its copy")
-    src = entry_map(_find(block.reads, ACC_SCOPE, exclude=acc_reads[0].buffer), par_t, depth)
-    nest = LoopNest.of([lp.extent for lp in block.loops[depth:]], [dst.coef, src.coef]).fuse()
-    inst, uop = nest.split()
-    return op, None, nest, inst, _uop_rows(nest, uop, [dst.base, src.base])
 
 
 def _place_uops(prog: Program, em: _Emitter, u0: int, where: str) -> None:
@@ -415,6 +303,7 @@ def _place_uops(prog: Program, em: _Emitter, u0: int, where: str) -> None:
                         x_size=em.uop_total, x_stride=0))
     for i, insn in enumerate(em.insns):
         if i in refs:
+            assert isinstance(insn, Gemm | Alu)
             off = refs[i]
             n = insn.uop_end
             if resident:

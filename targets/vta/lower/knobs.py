@@ -63,7 +63,8 @@ def estimate(cfg: VtaConfig, s: Shape, k: Knobs) -> float:
         (g.ob // k.tile_co) * k.virtual_threads
     gemm = acc * k.tile_ci * g.kh * g.kw * s.density + cfg.gemm_pipeline_depth
     alu_per = math.ceil(cfg.batch * cfg.block_out / cfg.alu_lanes)
-    tile_c = acc + cfg.gemm_pipeline_depth + s.alu_ops * (acc * alu_per + cfg.alu_pipeline_depth)
+    tile_c: float = acc + cfg.gemm_pipeline_depth
+    tile_c += s.alu_ops * (acc * alu_per + cfg.alu_pipeline_depth)
     if s.par_rows:
         tile_c += lat + s.par_rows * k.tile_co * cfg.acc_block_bytes / bw
     store = k.tile_b * k.tile_co * (lat + k.tile_h * k.tile_w * cfg.out_block_bytes / bw)

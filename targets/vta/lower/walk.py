@@ -10,6 +10,7 @@ loop variables) into integer coefficients per loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tvm.sym as sym
@@ -50,7 +51,7 @@ class Block:
     loops: list[Loop]
     reads: list[Access]
     writes: list[Access]
-    body: object
+    body: Any
     extern: str | None = None  # vta.gemm / vta.gemm_reset for tensorized blocks
     extern_args: list = field(default_factory=list)
 
