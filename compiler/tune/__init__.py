@@ -136,6 +136,7 @@ def tune(
     per_iter: int = 32,
     seed: int = 0,
     runner_timeout: float = 10.0,
+    build_timeout: float = 600.0,
     on_event=None,
     model_name: str | None = None,
     remeasure_defaults: bool = False,
@@ -151,6 +152,12 @@ def tune(
     rpc, key : ``HOST:PORT`` of a TVM RPC tracker and the device key to measure on.
     time_budget : seconds; the run stops after the batch in flight when it is spent.
     warm_start : pre-train the cost model on the shipped records (other workloads).
+    runner_timeout : seconds one candidate may take to load, receive its arguments and be timed
+        (the local runner's worker, or the RPC session); a slower one is recorded as failed.
+    build_timeout : seconds one candidate may take to compile (the builder's worker). LLVM on
+        unrolled int8 / bit-serial kernels takes seconds per candidate, and far longer while
+        other processes share the cores: MetaSchedule's own ``LocalBuilder`` default (30 s) is
+        too short there, hence the generous default.
     on_event : callable(kind, **info) for progress display ("tasks", "baseline", "update", "done").
     remeasure_defaults : measure the default schedules again even where a baseline is stored
         (the newest baseline wins; use on a quiet machine if the stored ones were disturbed).
@@ -175,7 +182,8 @@ def tune(
         root = Path(records) if records is not None else default_records_root()
         out_dir = _key_dir(root, target_key)
 
-        builder, runner, rpc_info = _make_builder_runner(threads, rpc, key, runner_timeout)
+        builder, runner, rpc_info = _make_builder_runner(threads, rpc, key, runner_timeout,
+                                                         build_timeout)
 
         imported = import_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
         prepared = prepare_for_tuning(imported.mod, target)
@@ -313,13 +321,18 @@ def _space_for(task: Task, target=None):
     return space_for(task.kernel, target)
 
 
-def _make_builder_runner(threads: int, rpc: str | None, key: str | None, timeout: float):
+def _make_builder_runner(threads: int, rpc: str | None, key: str | None, timeout: float,
+                         build_timeout: float = 600.0):
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=40,
                                           enable_cpu_cache_flush=False)
     from squeezer.tune.args import alloc_local, alloc_rpc
     from squeezer.tune.builder import PooledBuilder
 
-    builder = PooledBuilder(max_workers=threads, initializer=_quiet_worker)
+    if build_timeout <= 0 or timeout <= 0:
+        raise TuningError(f"timeouts must be positive, got build {build_timeout!r}, "
+                          f"run {timeout!r}")
+    builder = PooledBuilder(max_workers=threads, timeout_sec=build_timeout,
+                            initializer=_quiet_worker)
     if rpc is None:
         if key is not None:
             raise TuningError("--key names a device of an RPC tracker: give --rpc HOST:PORT too")

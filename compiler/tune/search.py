@@ -143,6 +143,10 @@ class ProgressCallback(PyMeasureCallback):
             secs = [float(s) for s in (r.run_secs or [])]
             if b.error_msg or r.error_msg or not secs:
                 task.failures += 1
+                why = (b.error_msg or r.error_msg or "no run time").strip().splitlines()
+                reason = (" ... ".join(dict.fromkeys([why[0], why[-1]])) if why
+                          else "no message")[:160]
+                task.errors[reason] = task.errors.get(reason, 0) + 1
                 continue
             mean = sum(secs) / len(secs)
             if mean < FAILED_SECS and (task.best_seconds is None or mean < task.best_seconds):

@@ -36,6 +36,7 @@ class Task:
     best_seconds: float | None = None  # best tuned latency so far
     trials: int = 0
     failures: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # failure (first ... last line) -> count
     curve: list[tuple[int, float]] = field(default_factory=list)  # (trials, best seconds)
 
     @property
