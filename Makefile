@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench-zoo tune-zoo tune-sparse clean install
+.PHONY: demo test test-slow lint bench-zoo tune-zoo tune-sparse tune-lowbit clean install
 
 install: $(STAMP)
 
@@ -49,6 +49,15 @@ SPARSE_BUDGET ?= 10m
 tune-sparse: $(STAMP)
 	$(BIN)/python -m squeezer.bench_sparse_tune --records tuning_logs \
 		--time-budget $(SPARSE_BUDGET) --threads 2
+	$(BIN)/squeezer tune-pack tuning_logs
+
+# Records for every case of `squeezer bench lowbit` (quick-suite cases first; sections gathered
+# into one model each, the MobileNetV2 end-to-end models as themselves). LOWBIT_BUDGET is the
+# search time of the whole run, shared by the models in proportion to their untuned kernels.
+LOWBIT_BUDGET ?= 40m
+tune-lowbit: $(STAMP)
+	$(BIN)/python -m squeezer.bench_lowbit_tune --records tuning_logs \
+		--time-budget $(LOWBIT_BUDGET) --threads 2 --remeasure-defaults
 	$(BIN)/squeezer tune-pack tuning_logs
 
 clean:
