@@ -14,8 +14,10 @@ Packed layout (NCHWnc): ``(N/b, C/bc, H, W, b, bc)`` with channels padded to the
 ``(M, K)`` is the 1x1 image ``(M/b, K/bc, 1, 1, b, bc)``. Elements are int8 bytes holding
 ``value + value_offset``: a uint8 tensor is stored shifted by -128 (so an int8 GEMM multiplies
 it exactly; the compiler adds ``128 * sum(w)`` to the requant offset), an int8 tensor as is. On a
-binary-input core the input holds +-1 as bits (:mod:`.pack`). Padding of channels and batch is
-zero bytes (``-1`` on binary cores).
+binary-input core the input holds +-1 as bits (:mod:`.pack`). ``PackedLayout.pack`` fills the
+padded channels and batch rows with zero bytes (``-1`` on binary cores); in a layer's *output*
+they hold unspecified values, which a consuming int8/int4 layer multiplies by its zero-padded
+weights, so a packed output feeds the next layer as it is.
 """
 
 from __future__ import annotations
