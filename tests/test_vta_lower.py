@@ -188,3 +188,20 @@ def test_padding_the_core_cannot_express():
         ok = ConvLayer("zp", (1, 16, 4, 4), dtype, zero, layer.weight, (1, 1), (1, 1, 1, 1),
                        layer.requant)
         assert padding_supported(ok, load_config("1x16x16"))
+
+
+def test_packed_output_feeds_the_next_layer():
+    rng = np.random.default_rng(12)
+    first = ConvLayer("l1", (1, 19, 6, 6), "uint8", 0, rng.integers(-128, 128, (21, 19, 3, 3)),
+                      (1, 1), (1, 1, 1, 1), requant(rng, 21))
+    second = ConvLayer("l2", (1, 21, 6, 6), "uint8", 0, rng.integers(-128, 128, (9, 21, 3, 3)),
+                       (2, 2), (1, 1, 1, 1), requant(rng, 9))
+    lp1, lp2 = compile_layer(first, "1x16x16"), compile_layer(second, "1x16x16")
+    assert lp1.output_layout.blocked == lp2.input_layout.blocked
+    assert lp1.output_layout.value_offset == lp2.input_layout.value_offset == -128
+    x = rng.integers(0, 256, first.in_shape)
+    drv = SimDriver("1x16x16")
+    raw = drv.run_program(lp1.program, {"inp": lp1.pack_input(x)}).outputs["out"]
+    out = drv.run_program(lp2.program, {"inp": raw}).outputs["out"]
+    np.testing.assert_array_equal(lp2.unpack_output(out),
+                                  second.reference(first.reference(x)))
