@@ -31,13 +31,14 @@ class Stage:
 
 
 def graph_stage(mod: tvm.IRModule, target: tvm.target.Target,
-                float_fallback: list[dict] | None = None) -> tvm.IRModule:
+                float_fallback: list[dict] | None = None, requant: str = "int64",
+                partition: tvm.transform.Pass | None = None) -> tvm.IRModule:
     """The graph passes; ``float_fallback`` receives the operators of a quantized model left
-    in float (``fold_qdq``)."""
+    in float (``fold_qdq``); ``requant`` and ``partition`` as in ``inference_passes``."""
     from squeezer.passes.graph import inference_passes
 
     with target:
-        return tvm.transform.Sequential(inference_passes(float_fallback))(mod)
+        return tvm.transform.Sequential(inference_passes(float_fallback, requant, partition))(mod)
 
 
 def tag_kernels() -> tvm.transform.Pass:
@@ -139,11 +140,14 @@ def lower_stage(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 def default_stages(schedule: StageFn | None = None,
-                   float_fallback: list[dict] | None = None) -> list[Stage]:
+                   float_fallback: list[dict] | None = None, requant: str = "int64",
+                   partition: tvm.transform.Pass | None = None) -> list[Stage]:
     """The CPU pipeline after import (``schedule`` replaces the default schedule stage;
-    ``float_fallback`` receives the graph stage's list of operators left in float)."""
+    ``float_fallback`` receives the graph stage's list of operators left in float; ``requant``
+    and ``partition``: the VTA target's requantization and accelerator partition)."""
     return [
-        Stage("graph", functools.partial(graph_stage, float_fallback=float_fallback)),
+        Stage("graph", functools.partial(graph_stage, float_fallback=float_fallback,
+                                         requant=requant, partition=partition)),
         Stage("legalize", legalize_stage),
         Stage("schedule", schedule or schedule_stage),
         Stage("build", lower_stage),

@@ -17,7 +17,8 @@ from .int8_kernels import int8_kernels
 from .sparsify_weights import sparsify_weights
 
 
-def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.transform.Pass]:
+def inference_passes(float_fallback: list[dict] | None = None, requant: str = "int64",
+                     partition: tvm.transform.Pass | None = None) -> list[tvm.transform.Pass]:
     """Graph passes for inference, in order.
 
     Batch norm is folded into the preceding convolution's weights where the pattern allows it
@@ -29,9 +30,12 @@ def inference_passes(float_fallback: list[dict] | None = None) -> list[tvm.trans
     ``float_fallback`` receives the operators of a quantized model that stay float, with why.
     Binary, ternary and HORQ weights on binarized inputs become bit-serial kernels; low-bit
     weights without a kernel for their layer are stored packed and decoded (``binarize``).
+    ``requant="vta32"`` gives the accelerator's int32 requantization (the CPU reference of a VTA
+    compile); ``partition`` (``vta_partition``) then takes the accelerator's layers out first.
     """
     return [
-        fold_qdq(log=float_fallback),
+        fold_qdq(log=float_fallback, requant=requant),
+        *([partition] if partition is not None else []),
         int8_kernels(),
         relax.transform.FoldConstant(),
         relax.transform.FoldBatchnormToConv2D(),

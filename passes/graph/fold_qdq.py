@@ -41,6 +41,7 @@ from tvm.relax import PyExprMutator, expr_functor
 
 from squeezer.errors import SqueezerError
 
+from .qdq_emit import REQUANT_MODES
 from .qdq_reps import Weight
 from .qdq_rules import ACTIVATIONS, RULES, Fallback, LowBit, Out, shape_of
 from .qdq_rules_move import MOVE_RULES
@@ -78,10 +79,11 @@ def _is_float(ty) -> bool:
 
 @expr_functor.mutator
 class _FoldQDQ(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, log: list[dict]):
+    def __init__(self, mod: tvm.IRModule, log: list[dict], requant: str):
         super().__init__(mod)
         self.bb = self.builder_
         self.log = log
+        self.requant = requant
         self.reps: dict[relax.Var, object] = {}
         self.tuples: dict[relax.Var, list[relax.Expr]] = {}
         self.floats: set[relax.Var] = set()  # results of operators reported as left in float
@@ -172,7 +174,7 @@ class _FoldQDQ(PyExprMutator):
                          "reason": reason})
 
 
-def fold_qdq(log: list[dict] | None = None) -> tvm.transform.Pass:
+def fold_qdq(log: list[dict] | None = None, requant: str = "int64") -> tvm.transform.Pass:
     """The pass: QDQ around conv2d, matmul, add and pooling to integer operators.
 
     Parameters
@@ -180,7 +182,13 @@ def fold_qdq(log: list[dict] | None = None) -> tvm.transform.Pass:
     log : list, optional
         Receives one ``{"op", "where", "reason"}`` entry per operator left in float in a
         function that holds quantize/dequantize operators.
+    requant : {"int64", "vta32"}
+        The requantization arithmetic: int64 fixed point (CPU default), or the VTA
+        accelerator's int32 form for single-accumulator requantizations to 8 bits (the CPU
+        reference of a VTA compile; see ``qdq_emit``).
     """
+    if requant not in REQUANT_MODES:
+        raise ValueError(f"fold_qdq: requant must be one of {REQUANT_MODES}, got {requant!r}")
     entries = log if log is not None else []
 
     @tvm.transform.module_pass(opt_level=0, name="squeezer.FoldQDQ")
@@ -190,7 +198,7 @@ def fold_qdq(log: list[dict] | None = None) -> tvm.transform.Pass:
         if not funcs:
             return mod
         mod = relax.transform.CanonicalizeBindings()(mod)
-        rewriter = _FoldQDQ(mod, entries)
+        rewriter = _FoldQDQ(mod, entries, requant)
         for gv, _ in funcs:
             rewriter.quantized = True
             # Dead code first (e.g. the unused indices of a max pool): it is not reported.

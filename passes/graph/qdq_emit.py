@@ -7,6 +7,12 @@ Every piece is a plain elementwise Relax operator after the integer ``conv2d``/`
     t = astype(acc, "int64") * M + B             # M, B: int64, per output channel or scalar
     odd = (t >> n) & 1                           # ties to even
     y = astype(clip((t + odd + R) >> n, lo, hi), "uint8")   # R = 2**(n-1) - 1 + (zy << n)
+
+With ``requant="vta32"`` a requantization of one accumulator to 8 bits is the accelerator's int32
+form instead (``qdq_reps.requant32_constants``; ``vta_partition`` recognizes exactly this chain):
+
+    v = acc + offset;  u = v >> pre;  p = u * mult;  q = p + rounding
+    y = astype(clip(q >> post, lo, hi), "uint8")       # every constant int32
 """
 
 from __future__ import annotations
@@ -16,7 +22,17 @@ import math
 import numpy as np
 from tvm import relax
 
-from .qdq_reps import Affine, QTensor, channel_shape, compact, requant_constants
+from .qdq_reps import (
+    INT8_DTYPES,
+    Affine,
+    QTensor,
+    channel_shape,
+    compact,
+    requant32_constants,
+    requant_constants,
+)
+
+REQUANT_MODES = ("int64", "vta32")
 
 
 def const(values, dtype: str) -> relax.Expr:
@@ -29,8 +45,16 @@ def _channel_const(aff: Affine, values: np.ndarray, dtype: str) -> relax.Expr:
 
 
 def emit_requant(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: int,
-                 dtype: str) -> relax.Expr:
-    """``quantize(aff, scale, zero_point, dtype)`` in integer arithmetic (see ``qdq_reps``)."""
+                 dtype: str, mode: str = "int64") -> relax.Expr:
+    """``quantize(aff, scale, zero_point, dtype)`` in integer arithmetic (see ``qdq_reps``).
+
+    ``mode="vta32"`` emits the int32 form for one accumulator requantized to 8 bits; sums of
+    several terms (adds of two quantized tensors) and other dtypes keep int64 (they run on the
+    CPU in every compile)."""
+    if mode not in REQUANT_MODES:
+        raise ValueError(f"requant mode must be one of {REQUANT_MODES}, got {mode!r}")
+    if mode == "vta32" and len(aff.terms) == 1 and dtype in INT8_DTYPES:
+        return emit_requant32(bb, aff, scale, zero_point, dtype)
     r = requant_constants(aff, scale, zero_point, dtype)
     total = None
     for term, mult in zip(aff.terms, r.multipliers, strict=True):
@@ -47,6 +71,22 @@ def emit_requant(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: 
     total = bb.emit(relax.op.right_shift(total, shift))
     total = bb.emit(relax.op.clip(total, r.lo, r.hi))
     return relax.op.astype(total, dtype)
+
+
+def emit_requant32(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: int,
+                   dtype: str) -> relax.Expr:
+    """The vta32 chain (module docstring) on ``aff``'s single accumulator."""
+    r = requant32_constants(aff, scale, zero_point, dtype)
+    x = aff.terms[0].expr
+    if str(x.ty.dtype) != "int32":
+        x = bb.emit(relax.op.astype(x, "int32"))
+    v = bb.emit(relax.op.add(x, _channel_const(aff, r.offset, "int32")))
+    u = bb.emit(relax.op.right_shift(v, _channel_const(aff, r.pre, "int32")))
+    p = bb.emit(relax.op.multiply(u, _channel_const(aff, r.mult, "int32")))
+    q = bb.emit(relax.op.add(p, _channel_const(aff, r.rounding, "int32")))
+    y = bb.emit(relax.op.right_shift(q, _channel_const(aff, r.post, "int32")))
+    y = bb.emit(relax.op.clip(y, r.lo, r.hi))
+    return relax.op.astype(y, dtype)
 
 
 def emit_float(bb: relax.BlockBuilder, aff: Affine) -> relax.Expr:

@@ -179,13 +179,19 @@ def requant_constants(aff: Affine, scale: float, zero_point: int, dtype: str) ->
     for m, z in zip(mults, zs, strict=True):
         offset -= m * z
     rounding = (np.int64(1) << (shift - 1)) - 1 + (np.int64(zero_point) << shift)
+    lo, hi = clip_bounds(aff, scale, zero_point, dtype)
+    return Requant(mults, offset, rounding, shift, lo, hi)
+
+
+def clip_bounds(aff: Affine, scale: float, zero_point: int, dtype: str) -> tuple[int, int]:
+    """The output range: the dtype's, narrowed by the affine's clamp (a ReLU: ``lo = zp``)."""
     qmin, qmax = dtype_range(dtype)
     lo, hi = qmin, qmax
     if aff.lo > -math.inf:
         lo = max(qmin, min(qmax, zero_point + int(np.rint(aff.lo / scale))))
     if aff.hi < math.inf:
         hi = min(qmax, max(qmin, zero_point + int(np.rint(aff.hi / scale))))
-    return Requant(mults, offset, rounding, shift, lo, hi)
+    return lo, hi
 
 
 def channel_shape(values: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -201,3 +207,76 @@ def compact(values: np.ndarray) -> np.ndarray:
     """One value when all channels agree (scalar constants keep the epilogue small)."""
     flat = values.reshape(-1)
     return flat[:1].reshape(()) if (flat == flat[0]).all() else values
+
+
+INT32_MAX = 2**31 - 1
+
+
+def requant32_constants(aff: Affine, scale: float, zero_point: int, dtype: str):
+    """Constants of the accelerator's 32-bit requantization ("vta32") of ``aff`` to
+    ``(scale, zero_point, dtype)``: a :class:`~squeezer.targets.vta.layer.Requant32` for
+
+        y = clip((((acc + offset) >> pre) * mult + rounding) >> post, lo, hi)
+
+    in int32 arithmetic that cannot overflow for any input (VTA's ALU: ADD, SHR, MUL, MAX, MIN
+    on 32-bit accumulators). ``aff`` has one term ``m * (acc - zero)`` with ``|acc - zero| <= B``
+    (its bound); with ``h = 2**(pre-1)`` (0 for ``pre = 0``), ``offset = h - zero``, so
+    ``|acc + offset| <= B + h``, ``u = (acc + offset) >> pre`` rounds ``(acc - zero) / 2**pre``
+    half up, and ``|u * mult + rounding| <= U * |mult| + |rounding| < 2**31`` for ``U`` the
+    largest ``|u|``. The output constant (bias and zero point) sits in ``rounding`` with
+    ``2**-post`` resolution. Per channel every ``pre`` in 0..31 and ``post`` in 0..31 that keeps
+    all of this in int32 is scored by its error bound in output steps,
+    ``|m| h + (U |mult - m 2**(pre+post)| + 1/2) / 2**post``, and the smallest wins: ``mult`` is
+    as large (precise) as the bound allows. Rounding is half up (the ALU has no AND for ties to
+    even), so a result may differ from :func:`requant_constants` by one step near a tie.
+
+    Raises
+    ------
+    ValueError
+        more than one term, an 8-bit ``dtype`` not given, an accumulator whose bound exceeds
+        int32, or a multiplier no int32 constants can express.
+    """
+    from squeezer.targets.vta.layer import Requant32
+
+    if len(aff.terms) != 1:
+        raise ValueError(f"vta32 requantization takes one accumulator, got {len(aff.terms)} "
+                         "terms")
+    if dtype not in INT8_DTYPES:
+        raise ValueError(f"vta32 requantization writes int8 or uint8, not {dtype}")
+    term = aff.terms[0]
+    c = aff.channels() or 1
+    m = np.broadcast_to(term.scale / scale, (c,)).astype(np.float64)
+    zero = np.broadcast_to(term.zero, (c,)).astype(np.int64)
+    bound = np.ceil(np.broadcast_to(term.bound, (c,))).astype(np.int64)
+    out_const = np.broadcast_to(aff.bias / scale, (c,)).astype(np.float64) + zero_point
+    if (np.abs(zero) + bound > INT32_MAX).any():
+        raise ValueError(f"accumulator bound {int((np.abs(zero) + bound).max())} exceeds int32")
+    best = np.full(c, np.inf)
+    pick = np.zeros((2, c), np.int64)  # pre, post
+    post = np.arange(32, dtype=np.int64)[:, None]
+    for pre in range(32):
+        h = (1 << pre) >> 1
+        umax = np.maximum(np.abs((h - bound) >> pre), np.abs((h + bound) >> pre)).astype(float)
+        exact = m * np.exp2(pre + post)
+        mult = np.round(exact)
+        rnd = np.round(out_const * np.exp2(post)) + ((1 << post) >> 1)
+        ok = (np.abs(mult) <= INT32_MAX) & (umax * np.abs(mult) + np.abs(rnd) <= INT32_MAX)
+        ok &= (bound + h <= INT32_MAX) & (np.abs(h - zero) <= INT32_MAX)
+        err = np.abs(m) * h + (umax * np.abs(mult - exact) + 0.5) / np.exp2(post)
+        err = np.where(ok, err, np.inf)
+        j = np.argmin(err, axis=0)
+        e = err[j, np.arange(c)]
+        better = e < best
+        best = np.where(better, e, best)
+        pick[0] = np.where(better, pre, pick[0])
+        pick[1] = np.where(better, j, pick[1])
+    if not np.isfinite(best).all():
+        raise ValueError(f"requantization multiplier {np.abs(m).max():.3g} has no int32 form")
+    pre, post = pick
+    offset = ((np.int64(1) << pre) >> 1) - zero
+    mult = np.round(m * np.exp2(pre + post)).astype(np.int64)
+    rounding = np.round(out_const * np.exp2(post)).astype(np.int64) + ((np.int64(1) << post) >> 1)
+    lo, hi = clip_bounds(aff, scale, zero_point, dtype)
+    return Requant32(offset=offset.astype(np.int32), pre=pre.astype(np.int32),
+                     mult=mult.astype(np.int32), rounding=rounding.astype(np.int32),
+                     post=post.astype(np.int32), lo=lo, hi=hi, out_dtype=dtype)

@@ -26,6 +26,7 @@ from .weight_formats import detect
 class Ctx(Protocol):
     bb: relax.BlockBuilder
     where: str
+    requant: str  # "int64" | "vta32" (qdq_emit.emit_requant)
 
     def rep(self, expr: relax.Expr) -> object | None: ...
 
@@ -145,13 +146,13 @@ def quantize(ctx: Ctx, call: relax.Call) -> Out | None:
             return Out(rep.q)
         rep = rep.as_affine(ndim)
     if isinstance(rep, Affine):
-        return Out(emit_requant(ctx.bb, rep, scale, zp, dtype))
+        return Out(emit_requant(ctx.bb, rep, scale, zp, dtype, ctx.requant))
     if isinstance(rep, Concat):
         parts = []
         for p in rep.parts:
             same = p.same_params(QTensor(p.q, scale, zp, dtype))
             parts.append(p.q if same else ctx.bb.emit(
-                emit_requant(ctx.bb, p.as_affine(ndim), scale, zp, dtype)))
+                emit_requant(ctx.bb, p.as_affine(ndim), scale, zp, dtype, ctx.requant)))
         return Out(relax.op.concat(parts, rep.axis))
     return None
 
