@@ -118,8 +118,7 @@ def test_default_knobs_fit_and_the_model_predicts_the_simulator():
         default_knobs(from_json(tiny), shape)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("c,hw", [(128, 28), (256, 14)])
+@pytest.mark.parametrize("c,hw", [(128, 28), (256, 14)])  # full size, under a second each
 def test_resnet18_layer_default_knobs(c, hw):
     rng = np.random.default_rng(4)
     layer = ConvLayer(f"r18_{c}", (1, c, hw, hw), "uint8", 0,
