@@ -17,13 +17,14 @@ from ..config import VtaConfig, load_config
 from ..layer import ConvLayer, DenseLayer, Knobs, LayerProgram
 from .codegen import CodegenInput, generate
 from .knobs import Shape, default_knobs, estimate, footprint
-from .schedule import schedule_layer
+from .schedule import apply_knobs, schedule_layer
 from .spec import LayerSpec, padding_supported, prepare
 from .tir import layer_primfunc
 from .walk import walk
 
-__all__ = ["LayerSpec", "Shape", "compile_layer", "default_knobs", "estimate", "footprint",
-           "layer_primfunc", "padding_supported", "prepare", "schedule_layer", "shape_of"]
+__all__ = ["LayerSpec", "Shape", "apply_knobs", "compile_layer", "default_knobs", "estimate",
+           "footprint", "layer_primfunc", "padding_supported", "prepare", "schedule_layer",
+           "shape_of"]
 
 
 def shape_of(spec: LayerSpec) -> Shape:
@@ -53,7 +54,7 @@ def compile_layer(layer: ConvLayer | DenseLayer, config: VtaConfig | str,
     sch = schedule_layer(func, cfg, knobs, where)
     prog = generate(cfg, walk(sch.mod["main"]), CodegenInput(
         where, spec.weight_blocks, spec.par, spec.pad_min, spec.input_layout.nbytes,
-        spec.output_layout.nbytes), knobs.virtual_threads)
+        spec.output_layout.nbytes))
     prog.meta.update({"kind": "conv" if isinstance(layer, ConvLayer) else "dense",
                       "layer": layer.name, "knobs": knobs.__dict__})
     return LayerProgram(layer, cfg, knobs, prog, spec.input_layout, spec.output_layout)

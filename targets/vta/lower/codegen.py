@@ -115,8 +115,9 @@ def _check_fit(cfg: VtaConfig, where: str, need: dict[str, int]) -> None:
                              f"{entries} entries, the {cfg.name} core has {cfg.depths[buf]}")
 
 
-def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int) -> Program:
-    """Emit the program of a scheduled layer (see the module docstring)."""
+def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput) -> Program:
+    """Emit the program of a scheduled layer (see the module docstring); the virtual threads
+    are the value of the tile loop's ``vta.virtual_threads`` annotation."""
     k = _classify(blocks)
     reset, gemm, ild, wld, store = (k[n][0] for n in ("reset", "gemm", "inp", "wgt", "store"))
     pld = k["par"][0] if k["par"] else None
@@ -125,6 +126,10 @@ def generate(cfg: VtaConfig, blocks: list[Block], inp: CodegenInput, slots: int)
     if tdepth == 0:
         raise ProgramError(f"no tile loop carries {VTHREAD_ATTR}")
     sdepth = tdepth + 1
+    slots = int(getattr(reset.loops[tdepth - 1].annotations[VTHREAD_ATTR], "value",
+                        reset.loops[tdepth - 1].annotations[VTHREAD_ATTR]))
+    if slots not in (1, 2):
+        raise LayerError(f"{inp.where}: {VTHREAD_ATTR} must be 1 or 2, got {slots}")
     tile_loops, step_loop = reset.loops[:tdepth], gemm.loops[tdepth]
     acc_t = tile_of(reset.writes[0], reset.loops, tdepth)
     inp_t = tile_of(ild.writes[0], ild.loops, sdepth)

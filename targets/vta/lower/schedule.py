@@ -45,25 +45,40 @@ def schedule_layer(func: tirx.PrimFunc, cfg: VtaConfig, knobs: Knobs,
                    where: str = "layer") -> Schedule:
     """Apply the knobs to the layer's PrimFunc (see the module docstring)."""
     check_knobs(knobs, conv_extents(func), where)
-    gemm, reset = gemm_intrin(cfg)
     sch = Schedule(func)
+    apply_knobs(sch, cfg, knobs)
+    return sch
+
+
+def apply_knobs(sch: Schedule, cfg: VtaConfig, knobs: Knobs | None = None) -> Knobs:
+    """Schedule a layer PrimFunc in place and return the knobs it got.
+
+    With ``knobs=None`` the tile factors are drawn by ``sample_perfect_tile`` (one per split)
+    and the virtual threads by ``sample_categorical`` over 1 and 2: the design space a tuner
+    searches (every draw divides its loop; one that overflows a scratchpad fails in the codegen).
+    """
+    gemm, reset = gemm_intrin(cfg)
     conv = sch.get_sblock("conv")
     n, co, y, x, i, o, ci, ky, kx, k = sch.get_loops(conv)
-    n0, n1 = sch.split(n, [None, knobs.tile_b])
-    co0, co1 = sch.split(co, [None, knobs.tile_co])
-    y0, y1 = sch.split(y, [None, knobs.tile_h])
-    x0, x1 = sch.split(x, [None, knobs.tile_w])
-    ci0, ci1 = sch.split(ci, [None, knobs.tile_ci])
+
+    def split(loop, factor: int | None):
+        if factor is None:
+            outer, inner = sch.sample_perfect_tile(loop, n=2)
+            return sch.split(loop, [outer, inner]), int(sch.get(inner))
+        return sch.split(loop, [None, factor]), factor
+
+    def knob(name: str) -> int | None:
+        return None if knobs is None else int(getattr(knobs, name))
+
+    (n0, n1), tb = split(n, knob("tile_b"))
+    (co0, co1), tco = split(co, knob("tile_co"))
+    (y0, y1), th = split(y, knob("tile_h"))
+    (x0, x1), tw = split(x, knob("tile_w"))
+    (ci0, ci1), tci = split(ci, knob("tile_ci"))
     sch.reorder(n0, co0, y0, x0, ci0, n1, co1, ci1, ky, kx, y1, x1, i, o, k)
     sch.set_scope(conv, 0, ACC_SCOPE)
-    alus = []
-    idx = 0
-    while True:
-        try:
-            alus.append(sch.get_sblock(f"alu{idx}"))
-        except Exception:  # noqa: BLE001 - no more epilogue blocks
-            break
-        idx += 1
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    alus = [sch.get_sblock(nm) for nm in names if nm.startswith("alu")]
     for blk in alus:
         sch.set_scope(blk, 0, ACC_SCOPE)
         sch.reverse_compute_at(blk, x0)
@@ -76,16 +91,18 @@ def schedule_layer(func: tirx.PrimFunc, cfg: VtaConfig, knobs: Knobs,
         sch.compute_at(par, x0)
     inp = sch.cache_read(conv, 0, INP_SCOPE)
     sch.compute_at(inp, ci0)
-    try:
-        pad = sch.get_sblock("data_pad")
-    except Exception:  # noqa: BLE001 - unpadded layer
-        pad = None
-    if pad is not None:
-        sch.compute_inline(pad)
+    if "data_pad" in names:
+        sch.compute_inline(sch.get_sblock("data_pad"))
     wgt = sch.cache_read(conv, 1, WGT_SCOPE)
     sch.compute_at(wgt, ci0)
     init = sch.decompose_reduction(conv, ci0)
     sch.tensorize(sch.get_loops(init)[-2], reset)
     sch.tensorize(i, gemm)
-    sch.annotate(x0, VTHREAD_ATTR, knobs.virtual_threads)
-    return sch
+    if knobs is None:
+        vt = sch.sample_categorical([1, 2], [0.5, 0.5])
+        sch.annotate(x0, VTHREAD_ATTR, vt)
+        threads = int(sch.get(vt))
+    else:
+        threads = knobs.virtual_threads
+        sch.annotate(x0, VTHREAD_ATTR, threads)
+    return Knobs(tb, th, tw, tco, tci, threads)
