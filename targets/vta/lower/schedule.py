@@ -4,10 +4,12 @@
 ``n0 co0 y0 x0 ci0 | n1 co1 ci1 ky kx y1 x1 | i o k``: the outer four are the tiles (the
 accumulator tile lives in ``local.acc_buffer``), ``ci0`` the reduction steps (input and weight
 tiles are read into ``local.inp_buffer`` / ``local.wgt_buffer`` at each step, the padding stage
-inlined into the input copy), ``n1 co1 ci1 ky kx`` become micro-ops, ``y1 x1`` the two loops of a
-GEMM instruction, and the (b, bo, bi) block is tensorized onto ``vta_gemm_<config>`` (its init onto
-``vta_gemm_reset_<config>``). The epilogue (``alu*``) runs in the accumulator scope at each tile,
-its vectors read into ``local.acc_buffer``; ``out`` (the narrowing copy to DRAM) is the store.
+inlined into the input copy), and the (b, bo, bi) block is tensorized onto ``vta_gemm_<config>``
+(its init onto ``vta_gemm_reset_<config>``); the codegen makes the two largest loops that do not
+move the weights (``y1 x1``; ``n1`` for a dense layer) the GEMM instruction's loops and the others
+(``n1 co1 ci1 ky kx``) micro-ops. The epilogue (``alu*``) runs in the accumulator scope at each
+tile, its vectors read into ``local.acc_buffer``; ``out`` (the narrowing copy to DRAM) is the
+store.
 The tile loop ``x0`` carries the annotation ``vta.virtual_threads``.
 """
 
