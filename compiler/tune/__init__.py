@@ -259,11 +259,13 @@ def _model_name(model) -> str:
 def run_search(tasks: list[Task], target, store: RecordStore, builder, runner, *, trials: int,
            per_iter: int = 32, time_budget: float | None = None, warm_start: bool = True,
            seed: int = 0, threads: int = 1, bounds: list[float] | None = None,
-           already: list[int] | None = None, emit=None, spaces: list | None = None):
+           already: list[int] | None = None, emit=None, spaces: list | None = None,
+           population: int = 256):
     """Run MetaSchedule over ``tasks`` with squeezer's scheduler, callback and record store.
 
     ``spaces`` (one space generator per task) replaces the registered or generic CPU spaces:
-    the VTA tuner (``squeezer.targets.vta.tune``) passes its own, with its postprocessor.
+    the VTA tuner (``squeezer.targets.vta.tune``) passes its own, with its postprocessor, and a
+    smaller evolutionary ``population`` (its candidates are measured in milliseconds).
     Returns the :class:`~squeezer.tune.search.Budget` (trials done, stop reason) and the number
     of records the cost model was warm-started with.
     """
@@ -279,7 +281,7 @@ def run_search(tasks: list[Task], target, store: RecordStore, builder, runner, *
             ms.TuneContext(
                 mod=t.mod, target=target,
                 space_generator=spaces[i] if spaces else _space_for(t, target),
-                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=256),
+                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=population),
                 task_name=t.name, num_threads=threads, rand_state=seed + i + 1,
             ).clone()
             for i, t in enumerate(tasks)
