@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench-zoo tune-zoo tune-sparse tune-lowbit clean install
+.PHONY: demo test test-slow lint bench-zoo tune-zoo tune-sparse tune-lowbit tune-vta clean install
+
+# tuning_logs/ holds one record directory per target key (CPU classes, vta-<config>): pack each
+PACK_RECORDS = for d in tuning_logs/*/; do $(BIN)/squeezer tune-pack "$$d" || exit 1; done
 
 install: $(STAMP)
 
@@ -41,7 +44,7 @@ tune-zoo: $(STAMP)
 		$(BIN)/squeezer tune zoo:$${m%%:*} --records tuning_logs --trials 5000 \
 			--time-budget $${m##*:} --threads 2 --png tune-$${m%%:*}.png || exit 1; \
 	done
-	$(BIN)/squeezer tune-pack tuning_logs
+	$(PACK_RECORDS)
 
 # Records for every case of `squeezer bench sparse` (kernel and conv cases gathered into a few
 # models; the end-to-end model has its own). SPARSE_BUDGET is per model.
@@ -49,7 +52,7 @@ SPARSE_BUDGET ?= 10m
 tune-sparse: $(STAMP)
 	$(BIN)/python -m squeezer.bench_sparse_tune --records tuning_logs \
 		--time-budget $(SPARSE_BUDGET) --threads 2
-	$(BIN)/squeezer tune-pack tuning_logs
+	$(PACK_RECORDS)
 
 # Records for every case of `squeezer bench lowbit` (quick-suite cases first; sections gathered
 # into one model each, the MobileNetV2 end-to-end models as themselves). LOWBIT_BUDGET is the
@@ -58,7 +61,15 @@ LOWBIT_BUDGET ?= 40m
 tune-lowbit: $(STAMP)
 	$(BIN)/python -m squeezer.bench_lowbit_tune --records tuning_logs \
 		--time-budget $(LOWBIT_BUDGET) --threads 2 --remeasure-defaults
-	$(BIN)/squeezer tune-pack tuning_logs
+	$(PACK_RECORDS)
+
+# VTA records for every layer of `squeezer bench vta` (MetaSchedule against the simulator's
+# cycle count; one process, the simulator is fast). VTA_BUDGET bounds the whole run.
+VTA_BUDGET ?= 14m
+tune-vta: $(STAMP)
+	$(BIN)/python -m squeezer.bench_vta_tune --records tuning_logs \
+		--time-budget $(VTA_BUDGET) --trials-per-layer 32
+	$(PACK_RECORDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -243,10 +243,11 @@ def bench_suites() -> dict:
     from squeezer.bench_prune import run_prune_suite
     from squeezer.bench_quant import run_quant_suite
     from squeezer.bench_sparse import run_sparse_suite
+    from squeezer.bench_vta import run_vta_suite
     from squeezer.bench_zoo import run_zoo_suite
 
     return {"zoo": run_zoo_suite, "sparse": run_sparse_suite, "prune": run_prune_suite,
-            "lowbit": run_lowbit_suite, "quant": run_quant_suite}
+            "lowbit": run_lowbit_suite, "quant": run_quant_suite, "vta": run_vta_suite}
 
 
 def cmd_info(args) -> int:
@@ -366,9 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common],
                        help="time an artifact against a peer, or run a suite "
-                            "(zoo, sparse, prune, lowbit, quant)")
+                            "(zoo, sparse, prune, lowbit, quant, vta)")
     p.add_argument("target", metavar="ARTIFACT|SUITE",
-                   help="model.sqz, or a suite name: zoo, sparse, prune, lowbit, quant")
+                   help="model.sqz, or a suite name: zoo, sparse, prune, lowbit, quant, vta")
     p.add_argument("--inputs", help=".npz of inputs (default: random)")
     p.add_argument("--repeat", type=_positive_int, default=50)
     p.add_argument("--against", help="peer model on the same inputs: .onnx (onnxruntime) or "
@@ -378,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="suites sparse, prune and quant: a reduced case list (sparse: the "
                         "goal cases; prune, quant: the MLP and three methods)")
+    p.add_argument("--config", metavar="NAME|FILE",
+                   help="suite vta: the int8 core (preset name or config .json; default 1x16x16)")
     p.add_argument("--json", metavar="FILE", help="write rows as JSON")
     p.set_defaults(func=cmd_bench)
 
