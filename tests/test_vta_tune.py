@@ -150,12 +150,13 @@ def test_records_round_trip(tmp_path):
     res = tune_layers([layer, layer], "1x16x16", 12, tmp_path, per_iter=6)
     assert res.records_dir == tmp_path / "vta-1x16x16" == records_dir("1x16x16", tmp_path)
     (task,) = res.tasks  # the same layer twice is one task called twice
-    assert task.weight == 2 and res.trials_run == 12 and task.trials == 12
+    # the default knobs' measurement is the task's first record (the search's seed)
+    assert task.weight == 2 and res.trials_run == 12 and task.trials == 13
     default = compile_layer(layer, CFG)
     dc = SimDriver(CFG, functional=False).run(default.program.instructions).counters
     assert task.default_seconds == pytest.approx(dc.time_s, rel=1e-12)
     best = best_record(layer, CFG, tmp_path)
-    assert best is not None and best.trials == 12
+    assert best is not None and best.trials == 13 and best.cycles <= dc.cycles
     assert best.baseline_cycles == dc.cycles
     assert best.seconds == pytest.approx(task.best_seconds, rel=1e-7)
     # the recorded knobs compile to exactly the recorded cycles, bit-exact
@@ -168,13 +169,19 @@ def test_records_round_trip(tmp_path):
     looked = knobs_from_records(layer, CFG, tmp_path)
     assert looked == (best.knobs if best.cycles < dc.cycles else None)
     assert compile_tuned(layer, CFG, tmp_path).knobs == (looked or default.knobs)
+    # a stored baseline the record beats (the newest baseline counts): the record applies
+    from squeezer.tune.records import RecordStore
+
+    RecordStore(write_dir=res.records_dir).commit_baseline(res.tasks[0].mod, 2 * dc.time_s)
+    assert knobs_from_records(layer, CFG, tmp_path) == best.knobs
+    assert compile_tuned(layer, CFG, tmp_path).knobs == best.knobs
     # another layer (other zero-block pattern) has no record; a resumed run adds to the task
     other = ConvLayer("z", layer.in_shape, "uint8", 0, np.where(
         np.arange(32)[:, None, None, None] < 16, 0, layer.weight), layer.stride, layer.padding,
         layer.requant)
     assert best_record(other, CFG, tmp_path) is None
     again = tune_layers([layer], "1x16x16", 6, tmp_path, per_iter=6)
-    assert again.tasks[0].trials == 18 and best_record(layer, CFG, tmp_path).trials == 18
+    assert again.tasks[0].trials == 19 and best_record(layer, CFG, tmp_path).trials == 19
 
 
 def test_naive_knobs_are_the_space_start():

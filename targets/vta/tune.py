@@ -76,6 +76,20 @@ def measure(config: VtaConfig, lp: LayerProgram):
     return program_counters(lp.program)
 
 
+def _seed(store, lt: LayerTask, knobs: Knobs, seconds: float) -> None:
+    """Record the default knobs' measurement as a candidate of the space: the evolutionary
+    search starts from the database's best, so it searches around the analytic default."""
+    import tvm.s_tir.meta_schedule as ms
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from .tune_measure import trace_of
+
+    workload = store.commit_workload(lt.mod)
+    store.commit_tuning_record(TuningRecord(
+        trace_of(lt, knobs), workload, [seconds], _target(),
+        ms.arg_info.ArgInfo.from_prim_func(lt.mod["main"])))
+
+
 def tune_layers(layers: Sequence[Layer], config: VtaConfig | str, trials: int,
                 records: str | Path | None = None, *, per_iter: int = 16,
                 time_budget: float | None = None, seed: int = 0, population: int = 64,
@@ -84,7 +98,9 @@ def tune_layers(layers: Sequence[Layer], config: VtaConfig | str, trials: int,
 
     Layers with the same workload (geometry, epilogue, config and block-sparsity pattern) are
     one task. Records go to :func:`records_dir`; a run resumes where the records stand (a task's
-    earlier trials count towards its share). ``trials=0`` only measures the baselines.
+    earlier trials count towards its share). A new task's baseline (the analytic default knobs,
+    measured) is also stored as its first record, so the search starts from it (and counts it).
+    ``trials=0`` only measures the baselines.
     ``population``: the evolutionary search's population (each member is a trace replay with a
     tensorization, the search's main cost here; the measurement itself takes milliseconds).
     """
@@ -129,6 +145,9 @@ def tune_layers(layers: Sequence[Layer], config: VtaConfig | str, trials: int,
             lp = compile_layer(layer, cfg)
             task.default_seconds = measure(cfg, lp).time_s
             store.commit_baseline(task.mod, task.default_seconds)
+            _seed(store, lt, lp.knobs, task.default_seconds)
+            task.trials += 1
+            task.best_seconds = store.best_seconds(task.mod)
         by_digest[lt.digest] = (lt, task)
     lts = [v[0] for v in by_digest.values()]
     tasks = [v[1] for v in by_digest.values()]

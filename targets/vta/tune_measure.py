@@ -23,6 +23,7 @@ scheduled module alone; everything runs in the tuning process (the simulator is 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -124,6 +125,31 @@ def knobs_of_trace(trace) -> Knobs:
                          f"virtual threads {'missing' if threads is None else 'found'}")
     tb, tco, th, tw, tci = tiles
     return Knobs(tb, th, tw, tco, tci, threads)
+
+
+def trace_of(task: LayerTask, knobs: Knobs):
+    """A trace of the space whose decisions are ``knobs`` (replays to that schedule)."""
+    from tvm.s_tir import Schedule
+
+    from .lower import apply_knobs
+
+    sch = Schedule(task.mod, seed=1)
+    apply_knobs(sch, task.config, None)
+    trace = sch.trace
+    inner = iter((knobs.tile_b, knobs.tile_co, knobs.tile_h, knobs.tile_w, knobs.tile_ci))
+    for inst in list(trace.insts):
+        kind = inst.kind.name
+        if kind == "SamplePerfectTile":
+            extent = math.prod(int(d) for d in trace.decisions[inst])
+            f = next(inner)
+            trace = trace.with_decision(inst, [extent // f, f], remove_postproc=True)
+        elif kind == "SampleCategorical":
+            choices = [int(c) for c in inst.attrs[0]]
+            trace = trace.with_decision(inst, choices.index(knobs.virtual_threads),
+                                        remove_postproc=True)
+    if knobs_of_trace(trace) != knobs:
+        raise ValueError(f"{task.name}: knobs {knobs} are not a point of the layer's space")
+    return trace
 
 
 def fits(task: LayerTask, knobs: Knobs) -> bool:
