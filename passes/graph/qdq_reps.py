@@ -225,9 +225,10 @@ def requant32_constants(aff: Affine, scale: float, zero_point: int, dtype: str):
     half up, and ``|u * mult + rounding| <= U * |mult| + |rounding| < 2**31`` for ``U`` the
     largest ``|u|``. The output constant (bias and zero point) sits in ``rounding`` with
     ``2**-post`` resolution. Per channel every ``pre`` in 0..31 and ``post`` in 0..31 that keeps
-    all of this in int32 is scored by its error bound in output steps,
-    ``|m| h + (U |mult - m 2**(pre+post)| + 1/2) / 2**post``, and the smallest wins: ``mult`` is
-    as large (precise) as the bound allows. Rounding is half up (the ALU has no AND for ties to
+    all of this in int32 is scored by its error bound in output steps where the output is not
+    clipped, ``|m| h + (U' |mult - m 2**(pre+post)| + 1/2) / 2**post`` (``U'``: the largest
+    ``|u|`` whose output lies within ``lo..hi``), and the smallest wins: ``mult`` is as large
+    (precise) as the bound allows. Rounding is half up (the ALU has no AND for ties to
     even), so a result may differ from :func:`requant_constants` by one step near a tie.
 
     Raises
@@ -251,18 +252,24 @@ def requant32_constants(aff: Affine, scale: float, zero_point: int, dtype: str):
     out_const = np.broadcast_to(aff.bias / scale, (c,)).astype(np.float64) + zero_point
     if (np.abs(zero) + bound > INT32_MAX).any():
         raise ValueError(f"accumulator bound {int((np.abs(zero) + bound).max())} exceeds int32")
+    lo, hi = clip_bounds(aff, scale, zero_point, dtype)
+    # Precision matters up to the clip bounds: beyond them both forms clip.
+    reach = np.maximum(np.abs(lo - out_const), np.abs(hi - out_const)) + 1.0
+    with np.errstate(divide="ignore"):
+        v_reach = np.where(m != 0, reach / np.abs(np.where(m != 0, m, 1.0)), np.inf)
     best = np.full(c, np.inf)
     pick = np.zeros((2, c), np.int64)  # pre, post
     post = np.arange(32, dtype=np.int64)[:, None]
     for pre in range(32):
         h = (1 << pre) >> 1
         umax = np.maximum(np.abs((h - bound) >> pre), np.abs((h + bound) >> pre)).astype(float)
+        u_reach = np.minimum(umax, np.ceil(v_reach / 2.0**pre) + 1.0)
         exact = m * np.exp2(pre + post)
         mult = np.round(exact)
         rnd = np.round(out_const * np.exp2(post)) + ((1 << post) >> 1)
         ok = (np.abs(mult) <= INT32_MAX) & (umax * np.abs(mult) + np.abs(rnd) <= INT32_MAX)
         ok &= (bound + h <= INT32_MAX) & (np.abs(h - zero) <= INT32_MAX)
-        err = np.abs(m) * h + (umax * np.abs(mult - exact) + 0.5) / np.exp2(post)
+        err = np.abs(m) * h + (u_reach * np.abs(mult - exact) + 0.5) / np.exp2(post)
         err = np.where(ok, err, np.inf)
         j = np.argmin(err, axis=0)
         e = err[j, np.arange(c)]
@@ -276,7 +283,6 @@ def requant32_constants(aff: Affine, scale: float, zero_point: int, dtype: str):
     offset = ((np.int64(1) << pre) >> 1) - zero
     mult = np.round(m * np.exp2(pre + post)).astype(np.int64)
     rounding = np.round(out_const * np.exp2(post)).astype(np.int64) + ((np.int64(1) << post) >> 1)
-    lo, hi = clip_bounds(aff, scale, zero_point, dtype)
     return Requant32(offset=offset.astype(np.int32), pre=pre.astype(np.int32),
                      mult=mult.astype(np.int32), rounding=rounding.astype(np.int32),
                      post=post.astype(np.int32), lo=lo, hi=hi, out_dtype=dtype)
