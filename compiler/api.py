@@ -9,10 +9,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tvm
 
-from squeezer.errors import SqueezerError
 from squeezer.module import CompiledModule
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "vta")
 
 
 def compile(  # noqa: A001 - the public name the brief fixes
@@ -27,6 +26,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
     progress: bool = False,
     records: Sequence[str | os.PathLike] | None = None,
     use_records: bool = True,
+    requant: str | None = None,
 ) -> CompiledModule:
     """Compile a model for ``target`` and verify it against the reference.
 
@@ -38,8 +38,10 @@ def compile(  # noqa: A001 - the public name the brief fixes
         Inputs for ``torch.export`` and for verification; random inputs are used for
         verification when omitted. A dict (ONNX and ``.pt2`` only) is matched to the model's
         inputs by name.
-    target : {"cpu"}
-        Where the module runs.
+    target : str
+        Where the module runs: ``"cpu"``, or ``"vta"`` / ``"vta:PRESET"`` /
+        ``"vta:config.json"`` for the VTA accelerator (simulated; see ``squeezer.vta_compile``):
+        int8 conv2d/dense layers on the accelerator, the rest on the CPU.
     threads : int, optional
         Runtime threads (default: all cores); also the target's core count.
     input_shapes : dict, optional
@@ -56,6 +58,9 @@ def compile(  # noqa: A001 - the public name the brief fixes
         record directory and the shipped ``tuning_logs/``; only ``<root>/<target-key>/`` is read.
     use_records : bool
         ``False`` compiles with default schedules only (``--no-records``).
+    requant : {"int64", "vta32"}, optional
+        Requantization of an int8 model: int64 fixed point (the CPU default) or the VTA
+        accelerator's int32 form (the VTA target's, and on the CPU its bit-exact reference).
 
     Returns
     -------
@@ -69,9 +74,10 @@ def compile(  # noqa: A001 - the public name the brief fixes
     from squeezer.targets import check_threads, detect_host, make_target
     from squeezer.verify import quantization_steps, random_inputs
     from squeezer.verify import verify as run_verify
+    from squeezer.vta_compile import check_requant, parse_target
 
-    if target not in TARGETS:
-        raise SqueezerError(f"unknown target {target!r}; available: {', '.join(TARGETS)}")
+    spec = parse_target(target)
+    requant = check_requant(spec, requant)
     threads = check_threads(threads)
     with _Progress(progress) as prog:
         prog.stage("import")
@@ -95,16 +101,24 @@ def compile(  # noqa: A001 - the public name the brief fixes
 
             store = records_for_compile(list(records or []), host.key)
         float_fallback: list[dict] = []
-        stages = default_stages(tuned_schedule_stage(store, coverage) if store else None,
-                                float_fallback=float_fallback)
+        schedule = tuned_schedule_stage(store, coverage) if store else None
+        vta = _VtaParts(spec)
+        stages = default_stages(schedule, float_fallback=float_fallback, requant=requant,
+                                partition=vta.partition)
         result = run_pipeline(imported.mod, tgt, stages=stages, dump_ir=dump_ir,
                               on_stage=prog.stage, after_stage=summarize_graph)
+        runtime = vta.runtime()
+        if vta.result is not None:
+            from squeezer.vta_compile import layer_rows
+
+            layers[:] = layer_rows(layers, vta.result)
         tuning = _tuning_summary(store, coverage, host.key, tgt)
         manifest = {
             "squeezer_version": __version__,
             "tvm_version": tvm.__version__,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "target": {"kind": target, "tvm": str(tgt), **host.to_dict()},
+            "target": {"kind": spec.kind, "spec": target, "tvm": str(tgt), **host.to_dict()},
+            "requant": requant,
             "threads": threads,
             "inputs": [s.to_dict() for s in imported.inputs],
             "outputs": [s.to_dict() for s in imported.outputs],
@@ -115,18 +129,53 @@ def compile(  # noqa: A001 - the public name the brief fixes
             "float_fallback": float_fallback,
             "stage_seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "verified": None,
+            **vta.manifest(runtime),
         }
-        module = CompiledModule(result.executable.mod, manifest, threads=threads)
+        module = CompiledModule(result.executable.mod, manifest, threads=threads, vta=runtime)
         if verify:
             prog.stage("verify")
             if example_inputs is not None:
                 inputs = [_as_numpy(a) for a in _as_tuple(example_inputs)]
             else:
                 inputs = imported.example_inputs or random_inputs(imported.inputs)
+            if spec.kind == "vta":
+                from squeezer.vta_compile import verify_bit_exact
+
+                cpu = default_stages(schedule, requant="vta32")
+                ref = run_pipeline(imported.mod, tgt, stages=cpu)
+                ref_module = CompiledModule(ref.executable.mod, manifest, threads=threads)
+                manifest["vta"]["verified"] = verify_bit_exact(module, ref_module, inputs)
             checks, reference = _verify(run_verify, module, imported, inputs, steps)
             manifest["verified"] = {c.name: {"max_abs": c.max_abs, "max_rel": c.max_rel,
                                              **reference} for c in checks}
     return module
+
+
+class _VtaParts:
+    """The VTA pieces of a compile (none for a CPU target)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.result = self.partition = None
+        if spec.kind == "vta":
+            from squeezer.passes.graph.vta_partition import PartitionResult, vta_partition
+
+            self.result = PartitionResult()
+            self.partition = vta_partition(spec.vta_config, self.result)
+
+    def runtime(self):
+        if self.result is None or not self.result.entries:
+            return None
+        from squeezer.targets.vta.runtime import VtaRuntime
+
+        return VtaRuntime(self.result.entries)
+
+    def manifest(self, runtime) -> dict:
+        if self.result is None:
+            return {}
+        from squeezer.vta_compile import manifest_sections
+
+        return manifest_sections(self.spec, self.result, runtime)
 
 
 def _verify(run_verify, module, imported, inputs, steps) -> tuple[list, dict]:
@@ -177,9 +226,12 @@ def _tuning_summary(store, rows: list[dict], key: str, target) -> dict:
     }
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModule:
-    """Load a ``.sqz`` artifact (checksums verified; needs neither torch nor onnx)."""
-    return CompiledModule.load(path, threads=threads)
+def load(path: str | os.PathLike, threads: int | None = None, driver=None) -> CompiledModule:
+    """Load a ``.sqz`` artifact (checksums verified; needs neither torch nor onnx).
+
+    A VTA artifact's layers run on ``driver`` (a ``squeezer.targets.vta.Driver``); the
+    simulator for the artifact's config by default."""
+    return CompiledModule.load(path, threads=threads, driver=driver)
 
 
 def _order_by_name(arrays: Mapping[str, np.ndarray], specs) -> tuple:

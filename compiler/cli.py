@@ -58,6 +58,7 @@ def cmd_compile(args) -> int:
         progress=not args.quiet,
         records=args.records,
         use_records=not args.no_records,
+        requant=args.requant,
     )
     out = mod.save(args.output)
     con = _console(args)
@@ -67,6 +68,13 @@ def cmd_compile(args) -> int:
     fallback = float_fallback_table(mod.manifest.get("float_fallback") or [])
     if fallback is not None:
         con.print(fallback)
+    if "vta" in mod.manifest:
+        from squeezer.vta_compile import cpu_fallback_table, vta_layers_table
+
+        for table in (vta_layers_table(mod.manifest["vta"]),
+                      cpu_fallback_table(mod.manifest.get("cpu_fallback") or [])):
+            if table is not None:
+                con.print(table)
     verified = mod.manifest["verified"]
     note = "not verified (--no-verify)" if verified is None else "verified: " + ", ".join(
         f"{k} max abs err {v['max_abs']:.2g}" for k, v in verified.items())
@@ -213,8 +221,15 @@ def cmd_run(args) -> int:
     tmp = out.with_name(f".{out.name}.tmp.npz")
     np.savez(tmp, **results)
     tmp.replace(out)
-    _console(args).print(f"wrote {out}: " + ", ".join(
+    con = _console(args)
+    con.print(f"wrote {out}: " + ", ".join(
         f"{k} {list(v.shape)} {v.dtype}" for k, v in results.items()))
+    if mod.vta is not None:
+        cycles = mod.vta.total_cycles()
+        mhz = mod.vta.config.clock_mhz
+        con.print(f"VTA ({mod.vta.config.name}, {type(mod.vta.driver).__name__}): "
+                  f"{len(mod.vta.layers)} layer(s), {cycles:,} cycles "
+                  f"({cycles / mhz / 1e3:.3f} ms at {mhz:g} MHz)")
     return 0
 
 
@@ -300,7 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", parents=[common], help="compile an ONNX or .pt2 model")
     p.add_argument("model", help="model.onnx or model.pt2 (torch.export.save)")
     p.add_argument("-o", "--output", required=True, help="artifact to write (.sqz)")
-    p.add_argument("--target", default="cpu", choices=["cpu"])
+    p.add_argument("--target", default="cpu", metavar="cpu|vta[:CONFIG]",
+                   help="cpu, or the VTA accelerator (simulated): vta (1x16x16), vta:PRESET or "
+                        "vta:config.json")
+    p.add_argument("--requant", choices=["int64", "vta32"],
+                   help="int8 requantization (default: int64 on cpu; vta32 is the VTA target's "
+                        "int32 arithmetic, on cpu its bit-exact reference)")
     p.add_argument("--threads", type=_positive_int, help="runtime threads (default: all cores)")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
                    help="fix a dynamic input's shape (repeatable)")

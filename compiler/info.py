@@ -61,7 +61,13 @@ def info_tables(path: str | Path, contents: ArtifactContents) -> list:
     from squeezer.float_report import float_fallback_table
 
     fallback = float_fallback_table(m.get("float_fallback") or [])
-    return [t, layers] + ([fallback] if fallback is not None else [])
+    tables = [t, layers] + ([fallback] if fallback is not None else [])
+    if "vta" in m:
+        from squeezer.vta_compile import cpu_fallback_table, vta_layers_table
+
+        tables += [x for x in (vta_layers_table(m["vta"]),
+                               cpu_fallback_table(m.get("cpu_fallback") or [])) if x is not None]
+    return tables
 
 
 def _tuning(t: dict) -> str:

@@ -59,9 +59,12 @@ class CompiledModule:
         Signature, target and model summary (what ``manifest.json`` of the artifact holds).
     threads : int, optional
         Runtime threads; all cores by default.
+    vta : squeezer.targets.vta.runtime.VtaRuntime, optional
+        The accelerator layers of a VTA compile, registered for the VM (``.vta.counters``: the
+        simulated cost of each layer's last run).
     """
 
-    def __init__(self, library, manifest: dict, threads: int | None = None):
+    def __init__(self, library, manifest: dict, threads: int | None = None, vta=None):
         from squeezer.targets import set_runtime_threads
 
         self.manifest = manifest
@@ -69,6 +72,7 @@ class CompiledModule:
         self.outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
         self.threads = set_runtime_threads(threads)
         self._library = library
+        self.vta = vta
         self._device = tvm.cpu()
         self._vm = relax.VirtualMachine(library, self._device)
 
@@ -129,11 +133,14 @@ class CompiledModule:
             with _filter_native_stderr(*_TVM_NOISE):
                 self._library.export_library(str(lib_path))
             lib = lib_path.read_bytes()
-        return write_artifact(path, self.manifest, {LIBRARY: lib})
+        members = {LIBRARY: lib, **(self.vta.members() if self.vta is not None else {})}
+        return write_artifact(path, self.manifest, members)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, threads: int | None = None) -> CompiledModule:
-        """Load and check an artifact written by :meth:`save`."""
+    def load(cls, path: str | os.PathLike, threads: int | None = None,
+             driver=None) -> CompiledModule:
+        """Load and check an artifact written by :meth:`save`; a VTA artifact's programs are
+        bound to ``driver`` (the simulator by default)."""
         contents = read_artifact(path)
         if LIBRARY not in contents.members:
             raise ArtifactError(f"{path}: artifact holds no {LIBRARY}")
@@ -147,7 +154,16 @@ class CompiledModule:
                 raise ArtifactError(f"{path}: the compiled library does not load: {err}") from None
         manifest = contents.manifest
         threads = manifest.get("threads") if threads is None else threads
-        return cls(library, manifest, threads=threads)
+        vta = None
+        if (manifest.get("vta") or {}).get("layers"):
+            from squeezer.targets.vta.errors import VtaError
+            from squeezer.targets.vta.runtime import VtaRuntime
+
+            try:
+                vta = VtaRuntime.from_artifact(manifest["vta"], contents.members, driver)
+            except VtaError as err:
+                raise ArtifactError(f"{path}: {err}") from None
+        return cls(library, manifest, threads=threads, vta=vta)
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)
