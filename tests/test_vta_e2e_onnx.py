@@ -1,0 +1,52 @@
+"""An onnxruntime-quantized QDQ model (uint8 activations with zero points, per-channel int8
+weights) compiled by the CLI for the VTA target: convs and the dense layer on the accelerator,
+verified bit-exact against the CPU vta32 compile and within one step of onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qdq_models import export_onnx, output_step, quantize_onnx, run_ort
+
+import squeezer
+from squeezer.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def model() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 20, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(20, 17, 3, stride=2, padding=1),  # no ReLU: zero point != 0
+        torch.nn.Conv2d(17, 8, 1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 16, 6),
+    ).eval()
+
+
+def test_onnx_qdq_model_on_vta_via_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    f = export_onnx(model(), (1, 3, 8, 8), tmp_path / "f.onnx")
+    q = quantize_onnx(f, tmp_path / "q.onnx", calibration, per_channel=True)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input=x)
+    out = tmp_path / "q.sqz"
+    assert main(["compile", str(q), "-o", str(out), "--target", "vta:1x16x16", "--inputs",
+                 str(tmp_path / "in.npz"), "--no-records", "--threads", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "layer(s) on the VTA accelerator" in printed and "stayed on the CPU" in printed
+    loaded = squeezer.load(out)
+    m = loaded.manifest
+    kinds = [r["kind"] for r in m["vta"]["layers"]]
+    assert kinds == ["conv", "conv", "conv", "dense"], m["cpu_fallback"]
+    assert m["vta"]["verified"]["bit_exact"] and m["verified"]
+    cpu = squeezer.compile(str(q), {"input": x}, threads=2, use_records=False, verify=False,
+                           requant="vta32")
+    for seed in range(2):
+        xs = np.random.default_rng(seed + 5).standard_normal((1, 3, 8, 8)).astype(np.float32)
+        got = loaded(xs)
+        np.testing.assert_array_equal(got, cpu(xs))
+        # as every compile is verified: within one output quantization step of onnxruntime
+        assert np.abs(got - run_ort(q, xs)).max() <= output_step(q) * (1 + 1e-5)
