@@ -11,6 +11,10 @@ from squeezer.errors import VerificationError
 from squeezer.frontend.common import TensorSpec
 
 RTOL = 1e-3  # relative to the largest reference magnitude of each output
+# A vta32 compile (the VTA accelerator's int32 requantization) rounds half up with multipliers of
+# limited precision: about 1% of the requantized values land one step from the float QDQ value,
+# and in a deep model such steps reach a float output (MobileNetV2-small logits: 1.4%).
+VTA32_RTOL = 0.05
 ATOL = 1e-4
 
 
@@ -69,8 +73,8 @@ def quantization_steps(mod) -> list[float | None]:
     return steps
 
 
-def compare(name: str, got: np.ndarray, want: np.ndarray, step: float | None = None
-            ) -> OutputCheck:
+def compare(name: str, got: np.ndarray, want: np.ndarray, step: float | None = None,
+            rtol: float = RTOL) -> OutputCheck:
     """``step``: the output's quantization step, allowed as absolute error (one step)."""
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape:
@@ -80,7 +84,7 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, step: float | None = N
         max_abs = float(diff.max()) if diff.size else 0.0
         scale = float(np.abs(want).max()) if want.size else 0.0
         max_rel = max_abs / scale if scale > 0 else max_abs
-        tol = max(ATOL + RTOL * scale, ATOL + step * 1.001 if step else 0.0)
+        tol = max(ATOL + rtol * scale, ATOL + step * 1.001 if step else 0.0)
         ok = bool(np.isfinite(got).all() == np.isfinite(want).all()) and max_abs <= tol
     else:
         max_abs = float(np.abs(got.astype(np.int64) - want.astype(np.int64)).max(initial=0))
@@ -94,10 +98,12 @@ def verify(
     outputs: Sequence[TensorSpec],
     inputs: Sequence[np.ndarray],
     steps: Sequence[float | None] | None = None,
+    rtol: float = RTOL,
 ) -> list[OutputCheck]:
     """Run both on ``inputs``; raise :class:`VerificationError` naming the first bad output.
 
-    ``steps`` (from :func:`quantization_steps`) allows quantized outputs one step of error.
+    ``steps`` (from :func:`quantization_steps`) allows quantized outputs one step of error;
+    ``rtol``: float outputs' tolerance relative to their largest magnitude.
     """
     got = run(*inputs)
     got = list(got) if isinstance(got, tuple) else [got]
@@ -107,14 +113,14 @@ def verify(
             f"compiled module returns {len(got)} output(s), the reference {len(want)}"
         )
     steps = list(steps) if steps is not None and len(steps) == len(want) else [None] * len(want)
-    checks = [compare(spec.name, g, w, s)
+    checks = [compare(spec.name, g, w, s, rtol)
               for spec, g, w, s in zip(outputs, got, want, steps, strict=True)]
     for c, step in zip(checks, steps, strict=True):
         if not c.ok:
             extra = f", or one quantization step {step:.3g}" if step else ""
             raise VerificationError(
                 f"output {c.name!r} differs from the reference: max abs error {c.max_abs:.3g}, "
-                f"max rel error {c.max_rel:.3g} (tolerance atol={ATOL}, rtol={RTOL} of the "
+                f"max rel error {c.max_rel:.3g} (tolerance atol={ATOL}, rtol={rtol} of the "
                 f"output's largest magnitude{extra})"
             )
     return checks

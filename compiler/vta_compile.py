@@ -12,6 +12,7 @@ is verified against it bit for bit (and against torch/onnxruntime as every compi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class TargetSpec:
     """A parsed target string: ``kind`` "cpu" or "vta", and the VTA config of a VTA target."""
 
     kind: str
-    vta_config: object | None = None  # VtaConfig
+    vta_config: Any = None  # VtaConfig of a VTA target
 
     @property
     def requant(self) -> str:

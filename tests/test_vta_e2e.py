@@ -166,3 +166,26 @@ def test_bad_targets(tmp_path, capsys):
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.sqz"),
                  "--target", "vta", "--requant", "int64"]) == 2
     assert "vta32" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_zoo_mobilenetv2_small_on_vta(digits):
+    """Zoo MobileNetV2 (digits size): the stem and the pointwise convs without a residual add
+    run on the accelerator, depthwise convs, residual adds and the float classifier on the CPU;
+    the test split's accuracy equals the CPU int8 (int64) compile's."""
+    from squeezer import zoo
+
+    model = data.train(zoo.create("mobilenetv2", size="small"), 3, data=digits)
+    out, _ = compress(model, [{"method": "int8"}], train_data=digits, eval_data=digits,
+                      progress=False)
+    x = (torch.from_numpy(digits.x_test[:BATCH]),)
+    vta = squeezer.compile(out, x, target="vta", threads=2, use_records=False)
+    cpu = squeezer.compile(out, x, threads=2, use_records=False, verify=False)
+    reasons = " ".join(e["reason"] for e in vta.manifest["cpu_fallback"])
+    assert len(vta.manifest["vta"]["layers"]) >= 5
+    assert "grouped conv2d" in reasons and "no VTA form for add" in reasons
+    acc = accuracies({"vta": vta, "vta32": vta, "int64": cpu}, digits,
+                     len(digits.y_test) // BATCH)
+    print(f"\nMobileNetV2-small digits: {acc}; VTA cycles per {BATCH} images "
+          f"{vta.vta.total_cycles():,}")
+    assert acc["vta"] == pytest.approx(acc["int64"], abs=0.005)

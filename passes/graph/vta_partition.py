@@ -167,8 +167,8 @@ def _conv_match(graph: _Graph, acc: relax.Var, call: relax.Call, name: str, cfg)
     strides = tuple(int(s) for s in a.strides)
     layer = ConvLayer(name, in_shape, _dtype(x), 0, weight, strides, padding, rq)
     pad = graph.value.get(x)
-    if _op(pad) == "relax.nn.pad" and _same(graph.only_user(x), acc) and \
-            str(pad.attrs.pad_mode) == "constant":
+    if isinstance(pad, relax.Call) and _op(pad) == "relax.nn.pad" and \
+            _same(graph.only_user(x), acc) and str(pad.attrs.pad_mode) == "constant":
         # fold_qdq pads a nonzero zero point explicitly; the accelerator pads with 0 or the
         # minimum (once stored as int8), so such a pad joins the layer when it can.
         w = [int(p) for p in pad.attrs.pad_width]
@@ -323,10 +323,11 @@ def _partition_func(func: relax.Function, config, result: PartitionResult, knobs
     for var in graph.order:
         if var in taken or var in listed:
             continue
-        reason = _cpu_reason(graph, var, graph.value[var])
+        value = graph.value[var]
+        reason = _cpu_reason(graph, var, value)
         if reason is not None:
-            result.cpu.append({"op": _op(graph.value[var]).removeprefix("relax."),
-                               "where": _where(var, graph.value[var]), "reason": reason})
+            result.cpu.append({"op": str(_op(value)).removeprefix("relax."),
+                               "where": _where(var, value), "reason": reason})
     return matches
 
 
