@@ -103,7 +103,7 @@ def compile(  # noqa: A001 - the public name the brief fixes
             store = records_for_compile(list(records or []), host.key)
         float_fallback: list[dict] = []
         schedule = tuned_schedule_stage(store, coverage) if store else None
-        vta = _VtaParts(spec)
+        vta = _VtaParts(spec, list(records or []) if use_records else None)
         stages = default_stages(schedule, float_fallback=float_fallback, requant=requant,
                                 partition=vta.partition)
         result = run_pipeline(imported.mod, tgt, stages=stages, dump_ir=dump_ir,
@@ -159,17 +159,30 @@ def compile(  # noqa: A001 - the public name the brief fixes
     return module
 
 
+def _vta_knobs(config, records: list | None):
+    """Tuned knobs per layer from the VTA records (``records`` roots first, then the user's and
+    the shipped ``tuning_logs/``); ``None`` (``--no-records``): the analytic defaults."""
+    if records is None:
+        return None
+    from squeezer.targets.vta.tune import knobs_from_records
+    from squeezer.tune import default_records_root, shipped_records_root
+
+    roots = [*records, default_records_root(), shipped_records_root()]
+    return lambda layer: knobs_from_records(layer, config, roots)
+
+
 class _VtaParts:
     """The VTA pieces of a compile (none for a CPU target)."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, records: list | None):
         self.spec = spec
         self.result = self.partition = None
         if spec.kind == "vta":
             from squeezer.passes.graph.vta_partition import PartitionResult, vta_partition
 
             self.result = PartitionResult()
-            self.partition = vta_partition(spec.vta_config, self.result)
+            self.partition = vta_partition(spec.vta_config, self.result,
+                                           _vta_knobs(spec.vta_config, records))
 
     def runtime(self):
         if self.result is None or not self.result.entries:

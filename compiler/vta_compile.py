@@ -69,6 +69,7 @@ def manifest_sections(spec: TargetSpec, result, runtime) -> dict:
         row.update({"kind": type(layer).__name__.removesuffix("Layer").lower(),
                     "shape": f"{list(layer.in_shape)} -> {list(layer.out_shape())}",
                     "knobs": {k: int(v) for k, v in prog.knobs.__dict__.items()},
+                    "knobs_from": "records" if row["name"] in result.tuned else "default",
                     "instructions": len(prog.program.instructions)})
     return {"vta": vta, "cpu_fallback": list(result.cpu)}
 
@@ -111,11 +112,11 @@ def vta_layers_table(vta: dict):
     cfg = vta.get("config", {}).get("NAME", "?")
     t = Table(title=f"{len(layers)} layer(s) on the VTA accelerator (config {cfg}, "
                     f"driver {vta.get('driver')})")
-    for col in ("#", "layer", "kind", "shape", "instructions"):
+    for col in ("#", "layer", "kind", "shape", "knobs", "instructions"):
         t.add_column(col, justify="right" if col in ("#", "instructions") else "left")
     for i, r in enumerate(layers):
         t.add_row(str(i), r.get("name", "?"), r.get("kind", "?"), r.get("shape", "?"),
-                  str(r.get("instructions", "?")))
+                  r.get("knobs_from", "?"), str(r.get("instructions", "?")))
     return t
 
 

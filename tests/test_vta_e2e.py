@@ -113,6 +113,7 @@ def test_layers_on_vta_and_the_depthwise_conv_on_cpu(compiled):
     assert m["target"]["kind"] == "vta" and m["requant"] == "vta32"
     assert [row["kind"] for row in m["vta"]["layers"]] == ["conv", "conv", "conv", "dense"]
     assert m["vta"]["config"]["NAME"] == "1x16x16"
+    assert {row["knobs_from"] for row in m["vta"]["layers"]} <= {"records", "default"}
     grouped = [e for e in m["cpu_fallback"] if e["reason"].startswith("grouped conv2d")]
     assert len(grouped) == 1 and grouped[0]["op"] == "nn.conv2d"
     assert "cpu_fallback" not in compiled["vta32"].manifest

@@ -154,3 +154,20 @@ def test_runtime_errors():
     run_packed(packed, entry.key, out)
     want = runtime.run_layer(entry, np.zeros(entry.in_shape, np.int8))
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+def test_knobs_given_per_layer_are_used():
+    """A knobs function (what tuning records supply) sets the schedule of the layers it answers
+    for; the others keep the default knobs; results stay bit-exact."""
+    from squeezer.targets.vta.layer import ConvLayer, Knobs
+
+    mod = build(chain_body, (2, 3, 7, 7))
+    chosen = Knobs(tile_b=1, tile_h=1, tile_w=1, tile_co=1, tile_ci=1, virtual_threads=1)
+    res = PartitionResult()
+    new = vta_partition("1x16x16", res,
+                        lambda layer: chosen if isinstance(layer, ConvLayer) else None)(mod)
+    assert [p.knobs == chosen for p in res.layers] == [True, True, False]
+    assert res.tuned == {e.name for e in res.entries[:2]}
+    VtaRuntime(res.entries)
+    x = x_of((2, 3, 7, 7), 9)
+    np.testing.assert_array_equal(run(new, x), run(mod, x))

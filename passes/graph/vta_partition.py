@@ -47,6 +47,7 @@ class PartitionResult:
     layers: list = field(default_factory=list)  # LayerProgram
     entries: list = field(default_factory=list)  # runtime LayerEntry, same order
     cpu: list[dict] = field(default_factory=list)  # {"op", "where", "reason"}
+    tuned: set[str] = field(default_factory=set)  # layers compiled with given (tuned) knobs
 
 
 @dataclass
@@ -303,8 +304,11 @@ def _partition_func(func: relax.Function, config, result: PartitionResult, knobs
         name = f"{kind}{len(result.layers)}_{var.name}"
         got = (_conv_match if kind == "conv" else _dense_match)(graph, var, value, name, config)
         if not isinstance(got, str):
+            given = knobs(got.layer) if callable(knobs) else (knobs or {}).get(name)
+            if given is not None:
+                result.tuned.add(name)
             try:
-                prog = compile_layer(got.layer, config, (knobs or {}).get(name))
+                prog = compile_layer(got.layer, config, given)
             except LayerError as err:
                 got = f"the layer compiler refused it: {err}"
         if not isinstance(got, str) and prog.input_layout.bits != 8:
@@ -342,8 +346,10 @@ def vta_partition(config, result: PartitionResult, knobs: dict | None = None
     result : PartitionResult
         Receives the compiled layers, their runtime entries and the operators left on the CPU
         (``{"op", "where", "reason"}``).
-    knobs : dict, optional
-        Schedule knobs by layer name (``conv0_lv1``); the analytic default otherwise.
+    knobs : dict or callable, optional
+        Schedule knobs by layer name (``conv0_lv1``), or a function of the layer spec
+        returning knobs or None (tuning records: ``targets.vta.tune.knobs_from_records``); the
+        analytic default knobs otherwise.
     """
     from squeezer.targets.vta.config import load_config
 
