@@ -27,8 +27,11 @@ def gemm_bound(r) -> bool:
 
 
 def _speedup_goal(results: Sequence, den: str, text: str) -> dict:
-    rows = [(r, _ratio(r, den, "tuned")) for r in results]
-    rows = [(r, x) for r, x in rows if x is not None]
+    rows: list[tuple] = []
+    for r in results:
+        x = _ratio(r, den, "tuned")
+        if x is not None:
+            rows.append((r, x))
     if not rows:
         return _goal(text, "", f">= {TUNED_SPEEDUP:g}x", None, None, "no case measured both")
     worst, x = min(rows, key=lambda rx: rx[1])
