@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tvm import relax
 
 from squeezer.passes.graph.fold_qdq import fold_qdq
-from squeezer.passes.graph.qdq_emit import emit_requant
+from squeezer.passes.graph.qdq_emit import emit_requant32
 from squeezer.passes.graph.qdq_reps import Affine, Term, requant32_constants, requant_constants
 
 I32 = (-(2**31), 2**31 - 1)
@@ -149,7 +149,7 @@ def test_emitted_relax_bit_exact_with_numpy():
     bb = relax.BlockBuilder()
     with bb.function("main", [acc_var]):
         with bb.dataflow():
-            out = bb.emit_output(emit_requant(bb, aff, 0.031, 5, "uint8", "vta32"))
+            out = bb.emit_output(emit_requant32(bb, aff, 0.031, 5, "uint8"))
         bb.emit_func_output(out)
     mod = bb.get()
     dtypes = {str(b.var.ty.dtype) for blk in mod["main"].body.blocks for b in blk.bindings}
@@ -197,6 +197,23 @@ def test_fold_qdq_vta32_close_to_int64_and_int32_only():
                 for m in ("int64", "vta32"))
         assert np.abs(a - b).max() <= 1
         assert (a == b).mean() > 0.99
+
+
+def test_vta32_only_for_products_the_accelerator_runs():
+    """A depthwise conv's (and a pooling sum's) requantization keeps the exact int64 form."""
+    from test_fold_qdq import SX, SY, ZX, c, qdq, weight
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 7, 7), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            d = qdq(bb, x, SX, ZX)
+            y = bb.emit(relax.op.nn.conv2d(d, weight(bb, (3, 1, 3, 3)), padding=1, groups=3))
+            y = bb.emit(relax.op.quantize(y, c(SY, "float32"), c(0, "int32"), out_dtype="int8"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    text = fold_qdq(requant="vta32")(bb.get()).script(show_meta=False)
+    assert "int64" in text and "bitwise_and" in text
 
 
 def test_fold_qdq_rejects_unknown_mode():

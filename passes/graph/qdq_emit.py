@@ -8,8 +8,9 @@ Every piece is a plain elementwise Relax operator after the integer ``conv2d``/`
     odd = (t >> n) & 1                           # ties to even
     y = astype(clip((t + odd + R) >> n, lo, hi), "uint8")   # R = 2**(n-1) - 1 + (zy << n)
 
-With ``requant="vta32"`` a requantization of one accumulator to 8 bits is the accelerator's int32
-form instead (``qdq_reps.requant32_constants``; ``vta_partition`` recognizes exactly this chain):
+With ``requant="vta32"`` a requantization to 8 bits of one accumulator that the accelerator can
+compute (``conv2d`` with groups 1 and dilation 1, ``matmul``) is the accelerator's int32 form
+instead (``qdq_reps.requant32_constants``; ``vta_partition`` recognizes exactly this chain):
 
     v = acc + offset;  u = v >> pre;  p = u * mult;  q = p + rounding
     y = astype(clip(q >> post, lo, hi), "uint8")       # every constant int32
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from .qdq_reps import (
@@ -48,12 +50,13 @@ def emit_requant(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: 
                  dtype: str, mode: str = "int64") -> relax.Expr:
     """``quantize(aff, scale, zero_point, dtype)`` in integer arithmetic (see ``qdq_reps``).
 
-    ``mode="vta32"`` emits the int32 form for one accumulator requantized to 8 bits; sums of
-    several terms (adds of two quantized tensors) and other dtypes keep int64 (they run on the
-    CPU in every compile)."""
+    ``mode="vta32"`` emits the int32 form for one accumulator of an accelerator product
+    requantized to 8 bits; the rest (sums of several terms, pooling and depthwise sums, other
+    dtypes) runs on the CPU in every compile and keeps the int64 form, which rounds exactly."""
     if mode not in REQUANT_MODES:
         raise ValueError(f"requant mode must be one of {REQUANT_MODES}, got {mode!r}")
-    if mode == "vta32" and len(aff.terms) == 1 and dtype in INT8_DTYPES:
+    if mode == "vta32" and len(aff.terms) == 1 and dtype in INT8_DTYPES and \
+            _accelerator_product(bb, aff.terms[0].expr):
         return emit_requant32(bb, aff, scale, zero_point, dtype)
     r = requant_constants(aff, scale, zero_point, dtype)
     total = None
@@ -71,6 +74,17 @@ def emit_requant(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: 
     total = bb.emit(relax.op.right_shift(total, shift))
     total = bb.emit(relax.op.clip(total, r.lo, r.hi))
     return relax.op.astype(total, dtype)
+
+
+def _accelerator_product(bb: relax.BlockBuilder, expr: relax.Expr) -> bool:
+    """Whether ``expr`` is bound to an int32 product the VTA accelerator can compute."""
+    value = bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+        return False
+    if value.op.name == "relax.matmul":
+        return True
+    return value.op.name == "relax.nn.conv2d" and int(value.attrs.groups) == 1 and \
+        all(int(d) == 1 for d in value.attrs.dilation)
 
 
 def emit_requant32(bb: relax.BlockBuilder, aff: Affine, scale: float, zero_point: int,
