@@ -50,3 +50,14 @@ def test_onnx_qdq_model_on_vta_via_the_cli(tmp_path, capsys):
         np.testing.assert_array_equal(got, cpu(xs))
         # as every compile is verified: within one output quantization step of onnxruntime
         assert np.abs(got - run_ort(q, xs)).max() <= output_step(q) * (1 + 1e-5)
+
+
+def test_a_float_model_compiles_for_vta_all_on_the_cpu(tiny, tiny_input, tmp_path):
+    """Nothing quantized: no accelerator layer, every product listed as a float operator, the
+    artifact saves and loads without programs."""
+    m = squeezer.compile(tiny, (tiny_input,), target="vta", threads=2, use_records=False)
+    assert m.vta is None and m.manifest["vta"]["layers"] == []
+    convs = [e for e in m.manifest["cpu_fallback"] if e["op"] == "nn.conv2d"]
+    assert len(convs) == 2 and all(e["reason"].startswith("float operator") for e in convs)
+    loaded = squeezer.load(m.save(tmp_path / "f.sqz"))
+    np.testing.assert_array_equal(loaded(tiny_input), m(tiny_input))
