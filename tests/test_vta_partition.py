@@ -4,6 +4,8 @@ with the CPU vta32 module, the CPU fallback list with its reasons, and the runti
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import tvm
@@ -121,9 +123,10 @@ def test_zero_point_the_core_cannot_pad_with_is_padded_on_the_cpu():
         assert len(res.layers) == 1
         assert ("relax.nn.pad" in ops(new)) == pad_on_cpu
         assert res.layers[0].layer.padding == ((0, 0, 0, 0) if pad_on_cpu else (1, 1, 1, 1))
-        VtaRuntime(res.entries)
+        runtime = VtaRuntime(res.entries)  # registered while it lives
         x = x_of((1, 3, 5, 5), 4)
         np.testing.assert_array_equal(run(new, x), run(mod, x))
+        assert len(runtime.counters) == 1
 
 
 def test_a_layer_the_core_refuses_stays_on_the_cpu():
@@ -154,6 +157,10 @@ def test_runtime_errors():
     run_packed(packed, entry.key, out)
     want = runtime.run_layer(entry, np.zeros(entry.in_shape, np.int8))
     np.testing.assert_array_equal(out.numpy(), want)
+    del runtime  # a dropped runtime unregisters its layers
+    gc.collect()
+    with pytest.raises(Exception, match="no VTA layer with key"):
+        run_packed(packed, entry.key, out)
 
 
 def test_knobs_given_per_layer_are_used():
@@ -168,6 +175,7 @@ def test_knobs_given_per_layer_are_used():
                         lambda layer: chosen if isinstance(layer, ConvLayer) else None)(mod)
     assert [p.knobs == chosen for p in res.layers] == [True, True, False]
     assert res.tuned == {e.name for e in res.entries[:2]}
-    VtaRuntime(res.entries)
+    runtime = VtaRuntime(res.entries)
     x = x_of((2, 3, 7, 7), 9)
     np.testing.assert_array_equal(run(new, x), run(mod, x))
+    assert len(runtime.counters) == 3

@@ -7,8 +7,9 @@ layers' programs.
 identifies the layer's program (a digest of its instructions and DRAM images, so two models
 loaded in one process never mix their layers up). The packed input tensor is written to the
 program's input segment byte for byte, the program runs on the driver, and the output segment
-is the packed result. A :class:`VtaRuntime` registers its layers under their keys; the driver
-(the simulator by default) is the seam where a board would plug in.
+is the packed result. A :class:`VtaRuntime` registers its layers under their keys for as long as
+it lives (a compiled module holds its runtime; the newest live registration of a key answers);
+the driver (the simulator by default) is the seam where a board would plug in.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import json
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,8 @@ PACKED_FUNC = "squeezer.vta.run"
 MEMBER_DIR = "vta"
 
 _LOCK = threading.Lock()
-_LAYERS: dict[int, tuple[LayerEntry, VtaRuntime]] = {}
+# key -> (entry, runtime) registrations, newest last; weak, so a dropped model frees its programs
+_LAYERS: dict[int, list[tuple[LayerEntry, weakref.ref]]] = {}
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ class VtaRuntime:
         _register()
         with _LOCK:
             for e in self.layers:
-                _LAYERS[e.key] = (e, self)
+                alive = [r for r in _LAYERS.get(e.key, []) if r[1]() is not None]
+                _LAYERS[e.key] = [*alive, (e, weakref.ref(self))]
 
     @property
     def config(self):
@@ -169,10 +173,11 @@ class VtaRuntime:
 def _run(x, key, out) -> None:
     """The packed function: ``out[...] = layer(key)(x)``."""
     with _LOCK:
-        found = _LAYERS.get(int(key))
-    if found is None:
+        refs = [(e, r()) for e, r in _LAYERS.get(int(key), [])]
+    found = [(e, rt) for e, rt in refs if rt is not None]
+    if not found:
         raise VtaError(f"{PACKED_FUNC}: no VTA layer with key {int(key)} is loaded")
-    entry, runtime = found
+    entry, runtime = found[-1]
     out.copyfrom(np.ascontiguousarray(runtime.run_layer(entry, x.numpy())))
 
 
