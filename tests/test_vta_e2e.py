@@ -74,7 +74,8 @@ def accuracies(compiled, digits, n_batches: int) -> dict[str, float]:
     total = 0
     for x, y in batches(digits, n_batches):
         outs = {k: m(x) for k, m in compiled.items()}
-        np.testing.assert_array_equal(outs["vta"], outs["vta32"])
+        if "vta32" in outs:
+            np.testing.assert_array_equal(outs["vta"], outs["vta32"])
         for k, o in outs.items():
             right[k] += int((o.argmax(1) == y).sum())
         total += len(y)
@@ -185,8 +186,8 @@ def test_zoo_mobilenetv2_small_on_vta(digits):
     reasons = " ".join(e["reason"] for e in vta.manifest["cpu_fallback"])
     assert len(vta.manifest["vta"]["layers"]) >= 5
     assert "grouped conv2d" in reasons and "no VTA form for add" in reasons
-    acc = accuracies({"vta": vta, "vta32": vta, "int64": cpu}, digits,
-                     len(digits.y_test) // BATCH)
+    assert vta.manifest["vta"]["verified"]["bit_exact"]  # against the CPU vta32 compile
+    acc = accuracies({"vta": vta, "int64": cpu}, digits, len(digits.y_test) // BATCH)
     print(f"\nMobileNetV2-small digits: {acc}; VTA cycles per {BATCH} images "
           f"{vta.vta.total_cycles():,}")
     assert acc["vta"] == pytest.approx(acc["int64"], abs=0.005)
