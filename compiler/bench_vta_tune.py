@@ -18,12 +18,18 @@ from squeezer.bench_vta_cases import full_suite, quick_suite, suite_layers
 
 def tune_suite(quick: bool = False, config: str = "1x16x16", records: str = "tuning_logs",
                trials_per_layer: int = 32, time_budget: float | None = None,
-               per_iter: int = 16, log=print) -> list:
+               per_iter: int = 16, untuned_only: bool = False, log=print) -> list:
     """Tune the suite's layers; returns one :class:`~squeezer.targets.vta.tune.VtaTuneResult`
-    per config."""
-    from squeezer.targets.vta.tune import tune_layers
+    per config. ``untuned_only``: only the layers whose records (under ``records``) hold no
+    searched candidate yet (none, or only the default knobs' measurement)."""
+    from squeezer.targets.vta.tune import best_record, tune_layers
 
     groups = suite_layers(quick_suite() if quick else full_suite(), config)
+    if untuned_only:
+        groups = {cfg: [it for it in items
+                        if (b := best_record(it[2], cfg, records)) is None or b.trials <= 1]
+                  for cfg, items in groups.items()}
+        groups = {cfg: items for cfg, items in groups.items() if items}
     total = sum(len(v) for v in groups.values())
     results = []
     for cfg, items in groups.items():
@@ -55,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials-per-layer", type=int, default=32)
     p.add_argument("--per-iter", type=int, default=16, help="candidates measured per batch")
     p.add_argument("--time-budget", help="e.g. 12m: the whole run (split by layers per config)")
+    p.add_argument("--untuned-only", action="store_true",
+                   help="only layers without searched records yet (a run cut short resumes)")
     a = p.parse_args(argv)
     budget = parse_duration(a.time_budget) if a.time_budget else None
-    tune_suite(a.quick, a.config, a.records, a.trials_per_layer, budget, a.per_iter)
+    tune_suite(a.quick, a.config, a.records, a.trials_per_layer, budget, a.per_iter,
+               a.untuned_only)
     return 0
 
 

@@ -73,19 +73,21 @@ def test_tiny_suite_rows_figures_goals(tiny_report):
 def test_goal_logic_on_synthetic_results():
     R = bench_vta.VtaResult
 
-    def res(case, fmt, naive, default, tuned, util=0.8, compute=10, load=5):
+    def res(case, fmt, naive, default, tuned, util=0.8, compute=10, load=5, gemm=8):
         r = R(case, "resnet18", 3, 1, fmt, "1x16x16")
         for s, cyc in (("naive", naive), ("default", default), ("tuned", tuned)):
-            r.figures[s] = {"cycles": cyc, "gemm_utilization": util,
+            r.figures[s] = {"cycles": cyc, "gemm_utilization": util, "gemm_ops": gemm,
                             "busy": {"load": load, "compute": compute, "store": 1}}
         return r
 
     goals = evaluate_goals([res("a", "int8", 1000, 300, 200), res("a", "int8-sp80", 900, 80, 60),
-                            res("b", "int8", 1000, 300, 300, util=0.5, compute=1),
-                            res("b", "int8-sp80", 900, 290, 290)])
+                            res("b", "int8", 1000, 300, 300, util=0.5, load=9, gemm=6),
+                            res("b", "int8-sp80", 900, 290, 290),
+                            res("c", "int8", 1000, 300, 300, compute=20, gemm=9),
+                            res("c", "int8-sp80", 900, 290, 290)])
     util, sparse, naive, default = goals
     assert util["status"] == "missed" and util["measured"] == 0.5
-    # b is not GEMM-bound (load busiest): only a counts, 200 / 60 >= 3
+    # b is load-bound (9 > 6 GEMM ops), c ALU-bound (20 - 9 > 9): only a counts, 200 / 60 >= 3
     assert sparse["status"] == "met" and sparse["measured"] == pytest.approx(200 / 60)
     assert naive["status"] == "met" and naive["measured"] == pytest.approx(900 / 290)
     assert default["status"] == "missed" and default["measured"] == 1.0
