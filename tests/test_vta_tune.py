@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
@@ -193,3 +195,24 @@ def test_naive_knobs_are_the_space_start():
     assert NAIVE.virtual_threads == 1 and c.cycles > dc.cycles
     with pytest.raises(Exception, match="trials must be a non-negative integer"):
         tune_layers([layer], CFG, -1)
+
+
+def test_lookup_in_a_fresh_process(tmp_path):
+    """The records name the config's tensor intrinsics: a process that compiled nothing yet
+    must still read them (the lookup registers the intrinsics first)."""
+    import subprocess
+    import sys
+
+    layer = conv(7, (1, 32, 4, 4), 16, 3)
+    tune_layers([layer], "1x16x16", 4, tmp_path, per_iter=4)
+    best = best_record(layer, CFG, tmp_path)
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from test_vta_tune import conv; "
+            "from squeezer.targets.vta.tune import best_record; "
+            "b = best_record(conv(7, (1, 32, 4, 4), 16, 3), '1x16x16', sys.argv[1]); "
+            "print(b.trials, b.cycles, b.knobs)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path),
+                          str(Path(__file__).parent)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "unreadable" not in out.stderr
+    assert out.stdout.split()[:2] == [str(best.trials), str(best.cycles)]

@@ -119,7 +119,10 @@ def tune_layers(layers: Sequence[Layer], config: VtaConfig | str, trials: int,
     from squeezer.tune._fastimport import import_tensor_intrinsics
 
     import_tensor_intrinsics()  # MetaSchedule imports them; fast_stack makes it take seconds
+    from .lower.intrin import gemm_intrin
+
     cfg = load_config(config)
+    gemm_intrin(cfg)  # stored traces name the config's tensor intrinsics: register them first
     out = records_dir(cfg, records)
     emit = on_event or (lambda kind, **info: None)
     store = RecordStore(write_dir=out)
@@ -233,7 +236,10 @@ def best_record(layer: Layer, config: VtaConfig | str,
     from squeezer.tune import default_records_root, shipped_records_root
     from squeezer.tune.records import FAILED_SECS
 
+    from .lower.intrin import gemm_intrin
+
     cfg = load_config(config)
+    gemm_intrin(cfg)  # a record's trace names the config's tensor intrinsics: register them
     if records is None:
         roots: list[str | Path] = [default_records_root(), shipped_records_root()]
     elif isinstance(records, str | Path):
