@@ -237,14 +237,45 @@ def test_bnn_clips_latent_weights_and_binarizes_without_scales(digits: data.Digi
     assert not q.binarizers["3.weight"].ste
 
 
-def test_relu_before_a_binarized_layer_is_reported(digits: data.Digits) -> None:
+def relu_model() -> torch.nn.Sequential:
     torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU6(),
+        torch.nn.Flatten(), torch.nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["xnor", "bnn", "horq"])
+def test_relu_before_a_binarized_layer_becomes_hardtanh(digits: data.Digits, method: str) -> None:
+    """A ReLU before a binarized input makes it +1 everywhere: the ReLU modules become Hardtanh
+    (logged), and the binarized input then has both signs."""
+    model = relu_model()
+    q, lines = prepare(model, digits, method, first="float", last="float")
+    assert type(model[1]) is torch.nn.Hardtanh and type(model[3]) is torch.nn.Hardtanh
+    assert any(line.startswith("2 ReLU module(s) became Hardtanh") and "1, 3" in line
+               for line in lines), lines
+    assert not any("warning" in line for line in lines), lines
+    seen = []
+    q.binarizers["2.weight"].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    model(torch.from_numpy(digits.x_train[:32]))
+    assert (seen[0] < 0).any() and (seen[0] > 0).any()
+
+
+def test_relu_kept_on_request_is_reported(digits: data.Digits) -> None:
+    model = relu_model()
+    _, lines = prepare(model, digits, "xnor", relu="keep")
+    assert isinstance(model[1], torch.nn.ReLU)
+    assert lines[-1].startswith("warning: every input of '2.weight' on a training batch is >= 0")
+
+
+def test_no_relu_swap_when_the_inputs_have_both_signs(digits: data.Digits) -> None:
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.Flatten(),
-        torch.nn.Linear(64, 10),
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 3),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 10),
     )  # fmt: skip
     _, lines = prepare(model, digits, "xnor")
-    assert lines[-1].startswith("warning: every input of '2.weight' on a training batch is >= 0")
+    assert isinstance(model[3], torch.nn.ReLU)  # it feeds a float layer only
+    assert not any("Hardtanh" in line or "warning" in line for line in lines), lines
 
 
 def test_prepared_state_survives_state_dict_save_and_load(

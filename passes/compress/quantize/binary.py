@@ -18,8 +18,9 @@ and Activations Constrained to +1 or -1", arXiv:1602.02830).
   (``load_exported``) it is frozen, which costs accuracy (``prepare`` warns).
 
 A layer's input is binarized where it is read, so binarizing the output of a ReLU gives +1
-everywhere: the models of these papers put batch norm (and hardtanh) before binary layers.
-``prepare`` logs a warning when a binarized input is non-negative on a training batch.
+everywhere: the models of these papers put batch norm (and hardtanh) before binary layers. When a
+binarized input is non-negative on a training batch, ``prepare`` turns the model's ReLU modules
+into Hardtanh (setting ``relu``; logged), and warns about any input still non-negative.
 """
 
 from __future__ import annotations

@@ -58,10 +58,17 @@ class BinaryInputSettings(LowbitSettings):
         What happens to the model's first and last ``Linear``/``Conv2d`` layer: kept in
         ``float``, quantized ``weights`` with float inputs, or ``binary`` (weights and inputs).
         Every other chosen layer is ``binary``.
+    relu : {"hardtanh", "keep"}
+        A binarized input read after a ReLU is +1 everywhere (the papers' networks put batch
+        norm and hardtanh there). ``hardtanh`` (default): when some binarized input is
+        non-negative on a training batch, the model's ``nn.ReLU``/``nn.ReLU6`` modules become
+        ``nn.Hardtanh`` (BNN's activation) before training, and the log lists them; ``keep``:
+        only warn.
     """
 
     first: LayerMode = "float"
     last: LayerMode = "float"
+    relu: Literal["hardtanh", "keep"] = "hardtanh"
 
 
 S = TypeVar("S", bound=LowbitSettings)
@@ -128,7 +135,19 @@ class LowbitMethod(Method[S]):
             if spec is not None:
                 self.binarizers[name] = act.attach(model, layer, *spec)
         if self.binarizers:
-            self._check_inputs(model, ctx)
+            nonneg = self._nonnegative_inputs(model, ctx)
+            if nonneg and getattr(self.settings, "relu", "keep") == "hardtanh":
+                swapped = _relu_to_hardtanh(model)
+                if swapped:
+                    ctx.log(f"{len(swapped)} ReLU module(s) became Hardtanh (binarized inputs "
+                            f"after a ReLU are +1 everywhere): {', '.join(swapped[:6])}"
+                            + (", ..." if len(swapped) > 6 else ""))
+                    nonneg = self._nonnegative_inputs(model, ctx)
+            for name in nonneg:
+                ctx.log(
+                    f"warning: every input of {name!r} on a training batch is >= 0 (a ReLU "
+                    "before it?): its binarized input is +1 everywhere"
+                )
         return model
 
     def squash(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -164,8 +183,8 @@ class LowbitMethod(Method[S]):
             lambda layer, mode: self.not_applicable(model, layer, mode),
         )  # fmt: skip
 
-    def _check_inputs(self, model: torch.nn.Module, ctx: CompressContext) -> None:
-        # Binarizing a non-negative input (a ReLU's output) gives +1 everywhere: warn.
+    def _nonnegative_inputs(self, model: torch.nn.Module, ctx: CompressContext) -> list[str]:
+        """The binarized layers whose every input is >= 0 on a training batch."""
         seen: dict[str, bool] = {}
         hooks = [
             b.register_forward_pre_hook(_recorder(seen, n)) for n, b in self.binarizers.items()
@@ -179,12 +198,18 @@ class LowbitMethod(Method[S]):
             model.train(was_training)
             for h in hooks:
                 h.remove()
-        for name, nonneg in seen.items():
-            if nonneg:
-                ctx.log(
-                    f"warning: every input of {name!r} on a training batch is >= 0 (a ReLU "
-                    "before it?): its binarized input is +1 everywhere"
-                )
+        return [name for name, nonneg in seen.items() if nonneg]
+
+
+def _relu_to_hardtanh(model: torch.nn.Module) -> list[str]:
+    """Replace every ``nn.ReLU``/``nn.ReLU6`` submodule by ``nn.Hardtanh``; their names."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) in (torch.nn.ReLU, torch.nn.ReLU6):
+                setattr(module, child_name, torch.nn.Hardtanh())
+                swapped.append(f"{name}.{child_name}" if name else child_name)
+    return swapped
 
 
 def _recorder(seen: dict[str, bool], name: str) -> Callable[..., None]:
