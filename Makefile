@@ -68,7 +68,7 @@ tune-lowbit: $(STAMP)
 VTA_BUDGET ?= 14m
 tune-vta: $(STAMP)
 	$(BIN)/python -m squeezer.bench_vta_tune --records tuning_logs \
-		--time-budget $(VTA_BUDGET) --trials-per-layer 32
+		--time-budget $(VTA_BUDGET) --trials-per-layer 32 --per-iter 8
 	$(PACK_RECORDS)
 
 clean:
