@@ -118,6 +118,8 @@ def cmd_tune(args) -> int:
 
     model, example, stem = _tune_model(args.model)
     con = _console(args)
+    if args.target != "cpu":
+        return _tune_vta(args, model, example, stem, con)
     display = TuneDisplay(con, quiet=args.quiet)
     try:
         result = tune(
@@ -156,6 +158,36 @@ def cmd_tune(args) -> int:
         print("squeezer tune: interrupted; the measured records are kept, run the same command "
               "to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def _tune_vta(args, model, example, stem: str, con) -> int:
+    """``squeezer tune --target vta[:CONFIG]``: MetaSchedule over the accelerator layers, the
+    simulated cycles as the latency; records in <records>/vta-<config>/."""
+    from squeezer.errors import SqueezerError
+    from squeezer.frontend import parse_input_shapes
+    from squeezer.targets.vta.tune import tune_layers
+    from squeezer.tune import default_records_root, parse_duration
+    from squeezer.tune.progress import task_table
+    from squeezer.vta_compile import model_layers
+
+    if args.rpc or args.key:
+        raise SqueezerError("--rpc/--key measure on CPU devices; a VTA target is measured on "
+                            "its simulator")
+    config, layers = model_layers(model, args.target, example,
+                                  parse_input_shapes(args.input_shape))
+    if not layers:
+        raise SqueezerError(f"{stem}: no layer runs on the accelerator (an int8 QDQ model is "
+                            "needed: see `squeezer compile --target vta`)")
+    con.print(f"{stem}: {len(layers)} accelerator layer(s) on {config.name}")
+    result = tune_layers(layers, config, args.trials, args.records or default_records_root(),
+                         per_iter=args.per_iter, seed=args.seed,
+                         time_budget=parse_duration(args.time_budget) if args.time_budget
+                         else None)
+    con.print(task_table(result.tasks, f"tuned {stem} for vta-{config.name}: "
+                                       f"{result.trials_run} trials, {result.elapsed:.0f}s, "
+                                       f"stopped by {result.stop_reason}"))
+    con.print(f"records in {result.records_dir}")
     return 0
 
 
@@ -336,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", parents=[common],
                        help="search schedules by measured latency, write tuning records")
     p.add_argument("model", help="model.onnx, model.pt2, or zoo:NAME (full-size zoo model)")
-    p.add_argument("--target", default="cpu", choices=["cpu"])
+    p.add_argument("--target", default="cpu", metavar="cpu|vta[:CONFIG]",
+                   help="cpu (measured latency) or vta[:PRESET|CONFIG.json] (simulated cycles)")
     p.add_argument("--trials", type=_nonneg_int, default=2000,
                    help="measured candidates in this run, all tasks together (0: list tasks "
                         "and measure the defaults only)")

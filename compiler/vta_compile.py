@@ -46,6 +46,25 @@ def parse_target(target: str) -> TargetSpec:
                         "vta:CONFIG.json")
 
 
+def model_layers(model, target: str, example_inputs=None, input_shapes=None) -> tuple[Any, list]:
+    """``(config, layers)``: the accelerator layers (``ConvLayer``/``DenseLayer``, graph order)
+    of ``model`` compiled for the VTA ``target``, as ``squeezer tune --target vta`` tunes them."""
+    import tvm
+
+    from squeezer.frontend import import_model
+    from squeezer.passes.graph import fold_qdq
+    from squeezer.passes.graph.vta_partition import PartitionResult, vta_partition
+
+    spec = parse_target(target)
+    if spec.kind != "vta":
+        raise SqueezerError(f"model_layers: {target!r} is not a VTA target")
+    imported = import_model(model, example_inputs, input_shapes)
+    result = PartitionResult()
+    tvm.transform.Sequential([fold_qdq(requant="vta32"),
+                              vta_partition(spec.vta_config, result)])(imported.mod)
+    return spec.vta_config, [lp.layer for lp in result.layers]
+
+
 def check_requant(spec: TargetSpec, requant: str | None) -> str:
     """The requantization of a compile: the target's unless given; VTA needs vta32."""
     from squeezer.passes.graph.qdq_emit import REQUANT_MODES

@@ -61,3 +61,28 @@ def test_a_float_model_compiles_for_vta_all_on_the_cpu(tiny, tiny_input, tmp_pat
     assert len(convs) == 2 and all(e["reason"].startswith("float operator") for e in convs)
     loaded = squeezer.load(m.save(tmp_path / "f.sqz"))
     np.testing.assert_array_equal(loaded(tiny_input), m(tiny_input))
+
+
+def test_tune_cli_for_vta_tunes_the_accelerator_layers(tmp_path, capsys):
+    """`squeezer tune --target vta` finds the QDQ model's accelerator layers, searches their
+    schedules on the simulator and writes records under vta-<config>/ that a compile applies."""
+    from squeezer.targets.vta.tune import knobs_from_records
+    from squeezer.vta_compile import model_layers
+
+    rng = np.random.default_rng(1)
+    f = export_onnx(model(), (1, 3, 8, 8), tmp_path / "f.onnx")
+    q = quantize_onnx(f, tmp_path / "q.onnx", rng.standard_normal((8, 3, 8, 8)).astype(np.float32),
+                      per_channel=True)
+    records = tmp_path / "records"
+    assert main(["tune", str(q), "--target", "vta", "--trials", "8", "--per-iter", "4",
+                 "--records", str(records)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 accelerator layer(s) on 1x16x16" in printed and "vta-1x16x16" in printed
+    assert list((records / "vta-1x16x16").glob("*.jsonl"))
+    config, layers = model_layers(str(q), "vta")
+    assert [type(la).__name__ for la in layers] == ["ConvLayer"] * 3 + ["DenseLayer"]
+    for layer in layers:  # a record applies only where it beat the default: None or knobs
+        knobs = knobs_from_records(layer, config, [records])
+        assert knobs is None or knobs.virtual_threads in (1, 2)
+    assert main(["tune", str(q), "--target", "vta", "--rpc", "127.0.0.1:9190", "--key", "x"]) != 0
+    assert "measured on its simulator" in capsys.readouterr().err
