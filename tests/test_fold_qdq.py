@@ -354,8 +354,15 @@ def test_low_bit_weights_are_left_to_their_passes_not_reported_float():
             return bb.emit(relax.op.nn.relu(y))
         return body
 
-    mod = build([product(int4), product(ternary), product(plain)], (1, 4, 4, 4),
-                requantize=False)
+    def with_batch_norm(bb, d):  # a tuple-valued op and its field after the product
+        flat = bb.emit(relax.op.reshape(d, (1, 64)))
+        y = bb.emit(relax.op.matmul(flat, c(int4, "float32")))
+        ones, zeros = c(np.ones(12), "float32"), c(np.zeros(12), "float32")
+        bn = bb.emit(relax.op.nn.batch_norm(y, ones, zeros, zeros, ones, axis=1))
+        return bb.emit(relax.op.clip(bb.emit(relax.TupleGetItem(bn, 0)), -1.0, 1.0))
+
+    mod = build([product(int4), product(ternary), with_batch_norm, product(plain)],
+                (1, 4, 4, 4), requantize=False)
     log: list[dict] = []
     fold_qdq(log)(mod)
     assert [e["op"] for e in log] == ["matmul", "add", "nn.relu"], log

@@ -113,6 +113,10 @@ class _FoldQDQ(PyExprMutator):
             self.tuples[var] = list(value.fields)
         if isinstance(value, relax.Var) and value in self.reps:
             self.reps[var] = self.reps[value]
+        if isinstance(value, relax.Var | relax.TupleGetItem):  # e.g. batch_norm's field 0
+            source = value if isinstance(value, relax.Var) else value.tuple_value
+            if source in self.lowbit:
+                self.lowbit.add(var)
         if isinstance(value, relax.TupleGetItem):  # a rep per field: [rep of field 0, ...]
             fields = self.reps.get(value.tuple_value)
             if isinstance(fields, list) and value.index < len(fields):
