@@ -32,13 +32,7 @@ class Tile:
     @property
     def strides(self) -> np.ndarray:
         """Entry strides per dimension (element dims: 0)."""
-        ext = self.extents[:-2]
-        st = np.zeros(len(self.extents), np.int64)
-        acc = 1
-        for d in range(len(ext) - 1, -1, -1):
-            st[d] = acc
-            acc *= ext[d]
-        return st
+        return entry_strides(self.extents)
 
     @property
     def entries(self) -> int:
@@ -97,14 +91,18 @@ def flat_map(acc: Access, nloops: int) -> EntryMap:
     return EntryMap(int(st @ acc.base), st @ acc.coef[:, nloops:])
 
 
-def dram_strides(acc: Access) -> np.ndarray:
-    shape = acc.shape[:-2]
-    st = np.zeros(len(acc.shape), np.int64)
+def entry_strides(shape: tuple[int, ...]) -> np.ndarray:
+    """Row-major strides in entries of a blocked shape whose last two dims are one entry."""
+    st = np.zeros(len(shape), np.int64)
     run = 1
-    for dim in range(len(shape) - 1, -1, -1):
+    for dim in range(len(shape) - 3, -1, -1):
         st[dim] = run
         run *= shape[dim]
     return st
+
+
+def dram_strides(acc: Access) -> np.ndarray:
+    return entry_strides(tuple(acc.shape))
 
 
 @dataclass
