@@ -113,6 +113,14 @@ def cpu_seconds() -> tuple[float, float] | None:
     return busy, t.user + t.system + t.children_user + t.children_system
 
 
+def others_cpu_seconds(start: tuple[float, float] | None, end: tuple[float, float] | None
+                       ) -> float | None:
+    """CPU-seconds other processes used between two :func:`cpu_seconds` readings."""
+    if not start or not end:
+        return None
+    return max(0.0, (end[0] - start[0]) - (end[1] - start[1]))
+
+
 def write_json(rows: Sequence[Row], path: str | os.PathLike, extra: dict | None = None) -> None:
     """Write ``{"rows": [...], **extra}`` atomically."""
     path = Path(path)

@@ -168,6 +168,7 @@ def bench_lowbit(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: 
     import torch
 
     from squeezer.bench import cpu_seconds as _cpu_seconds
+    from squeezer.bench import others_cpu_seconds
     from squeezer.targets import set_runtime_threads
     from squeezer.tune.tasks import memory_bandwidth
 
@@ -182,9 +183,7 @@ def bench_lowbit(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: 
         cases += [gemv_case(b, c, bandwidth) for c in suite.gemvs]
         cases += [e2e_case(b, c, Path(tmp)) for c in suite.e2e]
     cpu1, wall = _cpu_seconds(), time.perf_counter() - wall0
-    others = None
-    if cpu0 and cpu1:
-        others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
+    others = others_cpu_seconds(cpu0, cpu1)
     goals = evaluate_goals(cases)
     extra = {"suite": "lowbit", "threads": threads, "memory_bandwidth_gbps": bandwidth / 1e9,
              "wall_s": wall, "other_processes_cpu_s": others, "cases": [asdict(r) for r in cases],

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from squeezer.bench import Report, squeezer_runner
+import numpy as np
+
+from squeezer.bench import Report, others_cpu_seconds, squeezer_runner
 from squeezer.bench import cpu_seconds as _cpu_seconds
 from squeezer.bench_prune_cases import (
     MethodCase,
@@ -143,18 +145,26 @@ def prune_row(b: Bench, dense: DenseModel, method: MethodCase, digits) -> PruneR
     res.sparse_layers = sparse_layers(compiled)
     if "failed" in note:
         res.notes.append(note)
-    case = f"{mc.name} {method.label}"
-    times = b.measure_rounds(case, {
-        "squeezer-dense": lambda: squeezer_runner(dense.compiled, [x]),
-        "squeezer-pruned": lambda: squeezer_runner(compiled, [x]),
-    })
-    for impl, value in times.items():
-        if isinstance(value, str):
-            res.error = f"timing {impl}: {value}"
-    if not res.error:
-        res.ms_dense, res.ms_pruned = times["squeezer-dense"], times["squeezer-pruned"]
+    timed = time_pair(b, f"{mc.name} {method.label}", ("squeezer-dense", dense.compiled),
+                      ("squeezer-pruned", compiled), x)
+    if isinstance(timed, str):
+        res.error = timed
+    else:
+        res.ms_dense, res.ms_pruned = timed
         res.ratio = res.ms_dense / res.ms_pruned
     return res
+
+
+def time_pair(b: Bench, case: str, first: tuple[str, Any], second: tuple[str, Any],
+              x: np.ndarray) -> tuple[float, float] | str:
+    """Median ms of two compiled modules ``(impl name, module)`` on ``x``, timed in
+    alternating rounds; or the first timing error."""
+    times = b.measure_rounds(case, {name: (lambda m=module: squeezer_runner(m, [x]))
+                                    for name, module in (first, second)})
+    for impl, value in times.items():
+        if isinstance(value, str):
+            return f"timing {impl}: {value}"
+    return times[first[0]], times[second[0]]
 
 
 def bench_prune(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: float = 0.6,
@@ -210,9 +220,7 @@ def bench_prune(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: f
     finally:
         torch.set_num_threads(saved)
     wall, cpu1 = time.perf_counter() - t0, _cpu_seconds()
-    others = None
-    if cpu0 and cpu1:
-        others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
+    others = others_cpu_seconds(cpu0, cpu1)
     goals = evaluate_goals(results)
     extra = {
         "suite": "prune",

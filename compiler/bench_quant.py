@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from squeezer.bench import Report, cpu_seconds, squeezer_runner
-from squeezer.bench_prune import DenseModel, error_reason, train_dense, try_compile
+from squeezer.bench import Report, cpu_seconds, others_cpu_seconds
+from squeezer.bench_prune import DenseModel, error_reason, time_pair, train_dense, try_compile
 from squeezer.bench_quant_cases import QuantMethodCase, Suite, full_suite, quick_suite
 from squeezer.bench_quant_report import evaluate_goals, tables
 from squeezer.bench_sparse_peers import Bench
@@ -142,15 +142,12 @@ def quant_row(b: Bench, fp32: Fp32Model, method: QuantMethodCase, digits, tmp: P
     if dense.compiled is None:
         res.error = f"compile fp32: {dense.note}"
         return res
-    times = b.measure_rounds(f"{mc.name} {method.label}", {
-        "squeezer-fp32": lambda: squeezer_runner(dense.compiled, [x]),
-        "squeezer-quant": lambda: squeezer_runner(compiled, [x]),
-    })
-    for impl, value in times.items():
-        if isinstance(value, str):
-            res.error = f"timing {impl}: {value}"
-    if not res.error:
-        res.ms_fp32, res.ms_quant = times["squeezer-fp32"], times["squeezer-quant"]
+    timed = time_pair(b, f"{mc.name} {method.label}", ("squeezer-fp32", dense.compiled),
+                      ("squeezer-quant", compiled), x)
+    if isinstance(timed, str):
+        res.error = timed
+    else:
+        res.ms_fp32, res.ms_quant = timed
         res.ratio = res.ms_fp32 / res.ms_quant
     return res
 
@@ -208,9 +205,7 @@ def bench_quant(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: f
     finally:
         torch.set_num_threads(saved)
     wall, cpu1 = time.perf_counter() - t0, cpu_seconds()
-    others = None
-    if cpu0 and cpu1:
-        others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
+    others = others_cpu_seconds(cpu0, cpu1)
     goals = evaluate_goals(results)
     extra = {
         "suite": "quant",

@@ -31,7 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezer.bench import Report, onnxruntime_runner, squeezer_runner, torch_runner
+from squeezer.bench import (
+    Report,
+    onnxruntime_runner,
+    others_cpu_seconds,
+    squeezer_runner,
+    torch_runner,
+)
 from squeezer.bench import cpu_seconds as _cpu_seconds
 from squeezer.bench_sparse_cases import (
     ConvCase,
@@ -244,9 +250,7 @@ def bench_sparse(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: 
             res.info["squeezer_over_bound"] = res.ms["squeezer"] / bound
     goals = evaluate_goals(cases)
     cpu_end, wall = _cpu_seconds(), time.perf_counter() - wall_start
-    others = None
-    if cpu_start and cpu_end:
-        others = max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1]))
+    others = others_cpu_seconds(cpu_start, cpu_end)
     extra = {
         "suite": "sparse",
         "threads": threads,
