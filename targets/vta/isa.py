@@ -7,9 +7,10 @@ the neighbouring modules in the order load -> compute -> store, so the load modu
 and the store module no "next".
 
 Field widths follow VTA: memory instructions have fixed widths (sram base 16, dram base 32, sizes
-and stride 16, paddings 4 bits; LOAD adds the 1-bit ``pad_min``); GEMM and ALU widths come from the config's buffer depths
-(micro-op range, loop factors), loops have 14-bit trip counts. :func:`layout` gives the widths
-of a config and rejects a config whose fields do not fit 128 bits (or a micro-op 32 bits).
+and stride 16, paddings 4 bits; LOAD adds the 1-bit ``pad_min``); GEMM and ALU widths come from
+the config's buffer depths (micro-op range, loop factors), loops have 14-bit trip counts.
+:func:`layout` gives the widths of a config and rejects a config whose fields do not fit 128 bits
+(or a micro-op 32 bits).
 Fields are packed from the least significant bit, the 16 bytes little-endian.
 """
 
