@@ -13,8 +13,9 @@ reason.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -167,6 +168,50 @@ def time_pair(b: Bench, case: str, first: tuple[str, Any], second: tuple[str, An
     return times[first[0]], times[second[0]]
 
 
+@dataclass
+class DigitsRun:
+    """A digits benchmark in progress (:func:`digits_run`): runtime threads, the digits at 8x8,
+    the timing bench; ``wall_s`` and ``others_cpu_s`` are set when the run ends."""
+
+    threads: int
+    digits: Any
+    bench: Bench
+    wall_s: float = 0.0
+    others_cpu_s: float | None = None  # other processes skew the timings (not the accuracies)
+
+    def extra(self, suite: str, models: dict, results: list, goals: list) -> dict[str, Any]:
+        """The JSON fields every digits suite reports."""
+        return {"suite": suite, "threads": self.threads,
+                "data": "digits 8x8, fixed split; accuracy on the 450 test images",
+                "wall_s": self.wall_s, "other_processes_cpu_s": self.others_cpu_s,
+                "models": models, "results": [asdict(r) for r in results], "goals": goals}
+
+
+@contextlib.contextmanager
+def digits_run(threads: int, repeat: int, budget_s: float,
+               log: Callable[[str], None]) -> Iterator[DigitsRun]:
+    """Set the runtime threads, train with one torch thread (the digits models gain nothing from
+    more, and results stay deterministic), load the digits; time the run and other processes'
+    CPU use."""
+    import torch
+
+    from squeezer import data
+    from squeezer.targets import set_runtime_threads
+
+    threads = set_runtime_threads(threads)
+    run = DigitsRun(threads, data.load_digits(8),
+                    Bench(threads, repeat=repeat, budget_s=budget_s, log=log))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    try:
+        yield run
+    finally:
+        torch.set_num_threads(saved)
+        run.wall_s = time.perf_counter() - t0
+        run.others_cpu_s = others_cpu_seconds(cpu0, _cpu_seconds())
+
+
 def bench_prune(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: float = 0.6,
                 log: Callable[[str], None] = lambda msg: None) -> Report:
     """Run ``suite``; the report holds the timing rows, the tables and the JSON fields.
@@ -193,48 +238,24 @@ def bench_prune(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: f
         ``results`` (one dict per row, see :class:`PruneResult`), ``models`` (dense accuracy,
         training epochs and seconds) and ``goals``.
     """
-    import torch
-
-    from squeezer import data
-    from squeezer.targets import set_runtime_threads
-
-    threads = set_runtime_threads(threads)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    digits = data.load_digits(8)
-    b = Bench(threads, repeat=repeat, budget_s=budget_s, log=log)
     results: list[PruneResult] = []
     models: dict[str, dict[str, Any]] = {}
-    t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    try:
+    with digits_run(threads, repeat, budget_s, log) as run:
         for mc in suite.models:
             methods = [m for m in suite.methods if m.applies_to(mc.name)]
             if not methods:
                 continue
-            dense = train_dense(mc, digits, threads, log)
+            dense = train_dense(mc, run.digits, run.threads, log)
             models[mc.name] = {"model": mc.description, "epochs": mc.epochs,
                                "accuracy": dense.accuracy, "train_s": dense.train_s,
                                "compile": dense.note,
                                "params": sum(p.numel() for p in dense.module.parameters())}
-            results += [prune_row(b, dense, m, digits) for m in methods]
-    finally:
-        torch.set_num_threads(saved)
-    wall, cpu1 = time.perf_counter() - t0, _cpu_seconds()
-    others = others_cpu_seconds(cpu0, cpu1)
+            results += [prune_row(run.bench, dense, m, run.digits) for m in methods]
     goals = evaluate_goals(results)
-    extra = {
-        "suite": "prune",
-        "threads": threads,
-        "data": "digits 8x8, fixed split; accuracy on the 450 test images",
-        "wall_s": wall,
-        # other processes on the machine skew the timings (not the accuracies)
-        "other_processes_cpu_s": others,
-        "models": models,
-        "results": [asdict(r) for r in results],
-        "goals": goals,
-    }
     described = {mc.name: mc.description for mc in suite.models if mc.name in models}
-    return Report(b.rows, tables(results, goals, threads, described, others, wall), extra)
+    return Report(run.bench.rows, tables(results, goals, run.threads, described,
+                                         run.others_cpu_s, run.wall_s),
+                  run.extra("prune", models, results, goals))
 
 
 def run_prune_suite(args, console) -> Report:

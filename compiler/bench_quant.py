@@ -17,14 +17,21 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from squeezer.bench import Report, cpu_seconds, others_cpu_seconds
-from squeezer.bench_prune import DenseModel, error_reason, time_pair, train_dense, try_compile
+from squeezer.bench import Report
+from squeezer.bench_prune import (
+    DenseModel,
+    digits_run,
+    error_reason,
+    time_pair,
+    train_dense,
+    try_compile,
+)
 from squeezer.bench_quant_cases import QuantMethodCase, Suite, full_suite, quick_suite
 from squeezer.bench_quant_report import evaluate_goals, tables
 from squeezer.bench_sparse_peers import Bench
@@ -178,48 +185,26 @@ def bench_quant(suite: Suite, threads: int = 2, *, repeat: int = 50, budget_s: f
         ``results`` (one dict per row, see :class:`QuantResult`), ``models`` (fp32 accuracy in
         torch and compiled, artifact bytes, training epochs and seconds) and ``goals``.
     """
-    import torch
-
-    from squeezer import data
-    from squeezer.targets import set_runtime_threads
-
-    threads = set_runtime_threads(threads)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    digits = data.load_digits(8)
-    b = Bench(threads, repeat=repeat, budget_s=budget_s, log=log)
     results: list[QuantResult] = []
     models: dict[str, dict[str, Any]] = {}
-    t0, cpu0 = time.perf_counter(), cpu_seconds()
-    try:
-        with tempfile.TemporaryDirectory(prefix="squeezer-bench-quant-") as tmp:
-            for mc in suite.models:
-                fp32 = prepare_fp32(train_dense(mc, digits, threads, log), digits, Path(tmp))
-                d = fp32.dense
-                models[mc.name] = {"model": mc.description, "epochs": mc.epochs,
-                                   "accuracy": d.accuracy, "accuracy_compiled": fp32.acc_compiled,
-                                   "artifact_bytes": fp32.artifact_bytes, "train_s": d.train_s,
-                                   "compile": d.note,
-                                   "params": sum(p.numel() for p in d.module.parameters())}
-                results += [quant_row(b, fp32, m, digits, Path(tmp)) for m in suite.methods]
-    finally:
-        torch.set_num_threads(saved)
-    wall, cpu1 = time.perf_counter() - t0, cpu_seconds()
-    others = others_cpu_seconds(cpu0, cpu1)
+    with digits_run(threads, repeat, budget_s, log) as run, \
+            tempfile.TemporaryDirectory(prefix="squeezer-bench-quant-") as tmp:
+        for mc in suite.models:
+            fp32 = prepare_fp32(train_dense(mc, run.digits, run.threads, log), run.digits,
+                                Path(tmp))
+            d = fp32.dense
+            models[mc.name] = {"model": mc.description, "epochs": mc.epochs,
+                               "accuracy": d.accuracy, "accuracy_compiled": fp32.acc_compiled,
+                               "artifact_bytes": fp32.artifact_bytes, "train_s": d.train_s,
+                               "compile": d.note,
+                               "params": sum(p.numel() for p in d.module.parameters())}
+            results += [quant_row(run.bench, fp32, m, run.digits, Path(tmp))
+                        for m in suite.methods]
     goals = evaluate_goals(results)
-    extra = {
-        "suite": "quant",
-        "threads": threads,
-        "data": "digits 8x8, fixed split; accuracy on the 450 test images",
-        "wall_s": wall,
-        # other processes on the machine skew the timings (not the accuracies)
-        "other_processes_cpu_s": others,
-        "models": models,
-        "results": [asdict(r) for r in results],
-        "goals": goals,
-    }
     described = {mc.name: mc.description for mc in suite.models}
-    return Report(b.rows, tables(results, goals, threads, described, others, wall), extra)
+    return Report(run.bench.rows, tables(results, goals, run.threads, described,
+                                         run.others_cpu_s, run.wall_s),
+                  run.extra("quant", models, results, goals))
 
 
 def run_quant_suite(args, console) -> Report:
